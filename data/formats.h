@@ -1,0 +1,68 @@
+// data/formats.h: the JSONL readers. Every supported format (prompt_response, alpaca, messages,
+// sharegpt) is normalised into one Conversation: an optional system message followed by strictly
+// alternating user/assistant turns that ends with an assistant turn. Each example remembers its
+// source ("file:line") so every later error and the mask audit can name it.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace sft::data {
+
+enum class Role { kSystem, kUser, kAssistant };
+const char* role_name(Role role);  // "system" | "user" | "assistant" (HF chat-template role names)
+
+struct Message {
+  Role role = Role::kUser;
+  std::string content;
+};
+
+struct Conversation {
+  std::vector<Message> messages;  // [system], user, assistant, user, assistant, ...
+  std::string source;             // "file:line"
+};
+
+enum class Format { kAuto, kPromptResponse, kAlpaca, kMessages, kShareGpt };
+const char* format_name(Format format);
+// Parses `data.format`; throws sft::InputError naming `key` for an unknown name.
+Format parse_format(const std::string& name, const std::string& key = "data.format");
+
+// Why a line was rejected. The report counts rejected lines under these names.
+namespace invalid_reason {
+constexpr const char* kNotUtf8 = "not_utf8";
+constexpr const char* kMalformedJson = "malformed_json";
+constexpr const char* kMissingField = "missing_field";
+constexpr const char* kWrongType = "wrong_type";
+constexpr const char* kUnknownRole = "unknown_role";
+constexpr const char* kBadTurnOrder = "bad_turn_order";          // roles do not alternate
+constexpr const char* kNoAssistantTurn = "no_assistant_turn";    // ends without an assistant turn
+}  // namespace invalid_reason
+
+struct InvalidLine {
+  std::string source;   // "file:line"
+  std::string reason;   // one of invalid_reason::*
+  std::string message;  // human-readable, already prefixed with source
+};
+
+struct FileReadResult {
+  std::string path;
+  Format format = Format::kAuto;  // the detected (or configured) format
+  int64_t lines = 0;              // non-blank lines
+  std::vector<Conversation> conversations;
+  std::vector<InvalidLine> invalid;  // only filled with skip_invalid; otherwise the first one throws
+};
+
+// Reads one JSONL file. `format` kAuto detects it from the keys of the first line that parses as a JSON
+// object. Throws sft::InputError (naming file or file:line) for a missing/empty/undetectable file, and
+// for the first bad line unless skip_invalid is set (then bad lines are collected in `invalid`).
+// Blank lines are ignored; a UTF-8 BOM on line 1 and a trailing '\r' are stripped.
+FileReadResult read_jsonl(const std::filesystem::path& path, Format format, bool skip_invalid);
+
+// Checks the role sequence; returns "" when valid, else sets `reason` and returns the message.
+std::string check_conversation(const std::vector<Message>& messages, std::string* reason);
+
+// Byte offset of the first invalid UTF-8 sequence, or npos when `text` is valid UTF-8.
+size_t find_invalid_utf8(const std::string& text);
+
+}  // namespace sft::data

@@ -1,0 +1,21 @@
+# kernels/: attention entry point (dispatch), fused attention binding + CPU twin, CUDA device code.
+set(SFT_KERNEL_SOURCES
+  kernels/attention_dispatch.cpp
+  kernels/fused_attention.cpp
+  kernels/cpu/attention_cpu.cpp
+)
+# Device code + torch-free launchers (compiled only when nvcc is found; SFT_WITH_CUDA is then defined).
+set(SFT_KERNEL_CUDA_SOURCES
+  kernels/attention_fwd.cu
+  kernels/attention_bwd.cu
+)
+# CUDA build checks (ptxas spills / stack frames / shared memory, tensor-core SASS), for CTest:
+#   if(SFT_CUDA)
+#     add_test(NAME ${SFT_KERNEL_CUDA_BUILD_TEST_NAME} COMMAND ${SFT_KERNEL_CUDA_BUILD_TEST_COMMAND})
+#   endif()
+set(SFT_KERNEL_CUDA_BUILD_TEST_NAME cuda.build_report)
+set(SFT_KERNEL_CUDA_BUILD_TEST_COMMAND
+  ${SFT_PYTHON} ${CMAKE_SOURCE_DIR}/scripts/check_cuda_build.py --source-dir ${CMAKE_SOURCE_DIR}
+  --build-dir ${CMAKE_BINARY_DIR} --arch 80 --arch 90)
+# The CPU twin's tile loops are written to auto-vectorise; -O3 turns that on at every build type.
+set_source_files_properties(kernels/cpu/attention_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3")

@@ -1,0 +1,237 @@
+// model/llama.cpp: forward passes of the decoder modules, mirroring transformers' Llama/Mistral/Qwen2
+// math (fp32 RMSNorm statistics, fp32 rotary tables, SwiGLU), in the packed [T, ...] layout.
+#include "model/llama.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+namespace sft::model {
+
+// ---------------------------------------------------------------------------------------------------
+// Projection
+ProjectionImpl::ProjectionImpl(int64_t in_features, int64_t out_features, bool with_bias,
+                               const at::TensorOptions& options) {
+  // Values are overwritten by the checkpoint; initialised only so a fresh module is well defined.
+  weight = register_parameter("weight", at::empty({out_features, in_features}, options).normal_(0.0, 0.02));
+  if (with_bias) bias = register_parameter("bias", at::zeros({out_features}, options));
+}
+
+ProjectionImpl::ProjectionImpl(const ProjectionImpl& base) : torch::nn::Module() {
+  weight = register_parameter("weight", base.weight, base.weight.requires_grad());
+  if (base.bias.defined()) bias = register_parameter("bias", base.bias, base.bias.requires_grad());
+}
+
+at::Tensor ProjectionImpl::forward(const at::Tensor& x) {
+  return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// RMSNorm: weight * (x / sqrt(mean(x^2) + eps)), statistics in fp32, result cast back before the scale.
+RMSNormImpl::RMSNormImpl(int64_t size, double eps_, const at::TensorOptions& options) : eps(eps_) {
+  weight = register_parameter("weight", at::ones({size}, options));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
+  at::Tensor normed = (x32 * at::rsqrt(variance + eps)).to(x.scalar_type());
+  return weight * normed;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Rotary embedding
+RotaryEmbedding::RotaryEmbedding(const ModelConfig& config) {
+  const int64_t dim = config.head_dim;
+  at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = 1.0 / at::pow(config.rope_theta, exponents);  // fp32 [dim/2]
+  if (config.rope_scaling == RopeScaling::Linear) {
+    inv_freq = inv_freq / config.rope_factor;
+  } else if (config.rope_scaling == RopeScaling::Llama3) {
+    // Llama 3.1 frequency-dependent scaling: long wavelengths divided by factor, short ones kept,
+    // a smooth blend in between.
+    const double factor = config.rope_factor;
+    const double low = config.rope_low_freq_factor, high = config.rope_high_freq_factor;
+    const double old_context = static_cast<double>(config.rope_original_max_position);
+    const double low_freq_wavelen = old_context / low;
+    const double high_freq_wavelen = old_context / high;
+    at::Tensor wavelen = 2 * M_PI / inv_freq;
+    at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq);
+    at::Tensor smooth = (old_context / wavelen - low) / (high - low);
+    at::Tensor smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
+    at::Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+    inv_freq = at::where(medium, smoothed, scaled);
+  }
+  inv_freq_ = inv_freq.contiguous();
+}
+
+std::pair<at::Tensor, at::Tensor> RotaryEmbedding::tables(const at::Tensor& positions,
+                                                          at::ScalarType dtype) const {
+  at::Tensor inv_freq = inv_freq_.to(positions.device());
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0);  // [T, dim/2]
+  at::Tensor angles = at::cat({freqs, freqs}, -1);                                    // [T, dim]
+  return {angles.cos().to(dtype), angles.sin().to(dtype)};
+}
+
+namespace {
+
+// [..., d] -> [..., d] with halves (x1, x2) -> (-x2, x1)
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
+}
+
+// x: [T, H, D]; cos/sin: [T, D]
+at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
+  return x * c + rotate_half(x) * s;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// Attention
+AttentionImpl::AttentionImpl(const ModelConfig& config, const at::TensorOptions& options)
+    : num_heads(config.num_attention_heads), num_kv_heads(config.num_key_value_heads), head_dim(config.head_dim) {
+  const int64_t hidden = config.hidden_size;
+  const bool qkv_bias = config.attention_bias;
+  q_proj = register_module("q_proj", Projection(hidden, num_heads * head_dim, qkv_bias, options));
+  k_proj = register_module("k_proj", Projection(hidden, num_kv_heads * head_dim, qkv_bias, options));
+  v_proj = register_module("v_proj", Projection(hidden, num_kv_heads * head_dim, qkv_bias, options));
+  // Qwen2 has biases on q/k/v only; Llama's attention_bias also covers o_proj.
+  const bool o_bias = qkv_bias && config.model_type != "qwen2";
+  o_proj = register_module("o_proj", Projection(num_heads * head_dim, hidden, o_bias, options));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                  const kernels::PackedSequences& seqs, kernels::AttentionImpl impl) {
+  const int64_t tokens = x.size(0);
+  at::Tensor q = q_proj->forward(x).view({tokens, num_heads, head_dim});     // [T, Hq, D]
+  at::Tensor k = k_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
+  at::Tensor v = v_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
+  q = apply_rotary(q, cos, sin);
+  k = apply_rotary(k, cos, sin);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  at::Tensor attended = kernels::varlen_attention(q, k, v, seqs, scale, /*causal=*/true, impl);  // [T, Hq, D]
+  return o_proj->forward(attended.reshape({tokens, num_heads * head_dim}));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// MLP
+MLPImpl::MLPImpl(const ModelConfig& config, const at::TensorOptions& options) {
+  const int64_t hidden = config.hidden_size, inner = config.intermediate_size;
+  gate_proj = register_module("gate_proj", Projection(hidden, inner, config.mlp_bias, options));
+  up_proj = register_module("up_proj", Projection(hidden, inner, config.mlp_bias, options));
+  down_proj = register_module("down_proj", Projection(inner, hidden, config.mlp_bias, options));
+}
+
+at::Tensor MLPImpl::forward(const at::Tensor& x) {
+  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Decoder layer: pre-norm residual blocks.
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options) {
+  self_attn = register_module("self_attn", Attention(config, options));
+  mlp = register_module("mlp", MLP(config, options));
+  input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+}
+
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl) {
+  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, seqs, impl);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+DecoderImpl::DecoderImpl(const ModelConfig& config, const at::TensorOptions& options) {
+  embed_tokens = register_module(
+      "embed_tokens", torch::nn::Embedding(torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size)));
+  embed_tokens->weight.set_data(embed_tokens->weight.to(options));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(DecoderLayer(config, options));
+  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Gradient checkpointing: the layer runs without saving activations; backward re-runs it with the same
+// RNG state (LoRA dropout) and back-propagates through the recomputation.
+namespace {
+
+struct LayerRecompute : public torch::autograd::Function<LayerRecompute> {
+  // x: [T, hidden]. The layer pointer and attention choice travel as integers in saved_data.
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, at::Tensor cos, at::Tensor sin,
+                            at::Tensor cu_seqlens, at::Tensor cu_seqlens_host, int64_t max_seqlen,
+                            int64_t layer_address, int64_t attention_impl) {
+    ctx->save_for_backward({x, cos, sin, cu_seqlens, cu_seqlens_host});
+    ctx->saved_data["max_seqlen"] = max_seqlen;
+    ctx->saved_data["layer"] = layer_address;
+    ctx->saved_data["impl"] = attention_impl;
+    ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(layer_address);
+    kernels::PackedSequences seqs{cu_seqlens, cu_seqlens_host, max_seqlen};
+    return layer->forward(x, cos, sin, seqs, static_cast<kernels::AttentionImpl>(attention_impl));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
+    kernels::PackedSequences seqs{saved[3], saved[4], ctx->saved_data["max_seqlen"].toInt()};
+    auto impl = static_cast<kernels::AttentionImpl>(ctx->saved_data["impl"].toInt());
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    at::Tensor rng_now = generator.get_state();
+    generator.set_state(ctx->saved_data["rng"].toTensor());
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    {
+      torch::AutoGradMode enable_grad(true);
+      at::Tensor out = layer->forward(x, saved[1], saved[2], seqs, impl);
+      torch::autograd::backward({out}, {grad_outputs[0]});
+    }
+    generator.set_state(rng_now);
+    return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+CausalLMImpl::CausalLMImpl(const ModelConfig& config, const at::TensorOptions& options)
+    : config_(config), rotary_(config) {
+  model = register_module("model", Decoder(config, options));
+  if (!config.tie_word_embeddings) {
+    lm_head = register_module("lm_head", Projection(config.hidden_size, config.vocab_size, false, options));
+  }
+}
+
+at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& position_ids,
+                                 const kernels::PackedSequences& seqs, const ForwardOptions& options) {
+  at::Tensor h = model->embed_tokens->forward(input_ids);  // [T, hidden]
+  auto [cos, sin] = rotary_.tables(position_ids, h.scalar_type());
+  const bool checkpoint = options.gradient_checkpointing && at::GradMode::is_enabled() && is_training();
+  for (const auto& module : *model->layers) {
+    auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(module);
+    if (checkpoint) {
+      h = LayerRecompute::apply(h, cos, sin, seqs.cu_seqlens, seqs.cu_seqlens_host, seqs.max_seqlen,
+                                reinterpret_cast<int64_t>(layer.get()), static_cast<int64_t>(options.attention));
+    } else {
+      h = layer->forward(h, cos, sin, seqs, options.attention);
+    }
+  }
+  return model->norm->forward(h);
+}
+
+const at::Tensor& CausalLMImpl::output_weight() {
+  return lm_head ? lm_head->weight : model->embed_tokens->weight;
+}
+
+at::Tensor CausalLMImpl::logits(const at::Tensor& hidden) {
+  if (lm_head) return lm_head->forward(hidden);
+  return at::linear(hidden, model->embed_tokens->weight);
+}
+
+}  // namespace sft::model

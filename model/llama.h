@@ -1,0 +1,119 @@
+// model/llama.h: the decoder architecture (Llama / Mistral / Qwen2 family) as LibTorch modules, and
+// nothing else. Module and parameter names equal transformers' (model.layers.0.self_attn.q_proj.weight),
+// so model/weights.cpp maps checkpoint names through one table and LoRA keeps the base names.
+// Tokens travel in the packed layout: T tokens of every document of a micro-batch in one stream.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+
+#include <memory>
+
+#include "kernels/ops.h"
+#include "model/config.h"
+
+namespace sft::model {
+
+// y = x W^T + b. Subclassed by LoRA (model/lora.h), which overrides forward and keeps `weight`/`bias`.
+class ProjectionImpl : public torch::nn::Module {
+ public:
+  ProjectionImpl(int64_t in_features, int64_t out_features, bool with_bias, const at::TensorOptions& options);
+  // Shares the parameters of `base` (used by LoRA wrappers).
+  explicit ProjectionImpl(const ProjectionImpl& base);
+  virtual at::Tensor forward(const at::Tensor& x);  // x: [..., in] -> [..., out]
+  int64_t in_features() const { return weight.size(1); }
+  int64_t out_features() const { return weight.size(0); }
+
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out] or undefined
+};
+TORCH_MODULE(Projection);
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t size, double eps, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // [..., size]; statistics in fp32 as transformers does
+  at::Tensor weight;                        // [size]
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rotary position embedding tables computed from position ids (restarting at 0 per document).
+class RotaryEmbedding {
+ public:
+  explicit RotaryEmbedding(const ModelConfig& config);
+  // positions: int64 [T] -> {cos, sin}, each [T, head_dim] in `dtype`
+  std::pair<at::Tensor, at::Tensor> tables(const at::Tensor& positions, at::ScalarType dtype) const;
+  const at::Tensor& inv_freq() const { return inv_freq_; }
+
+ private:
+  at::Tensor inv_freq_;  // fp32 [head_dim / 2], CPU; moved to the positions' device on use
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelConfig& config, const at::TensorOptions& options);
+  // x: [T, hidden]; cos/sin: [T, head_dim] -> [T, hidden]
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl);
+  Projection q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  int64_t num_heads, num_kv_heads, head_dim;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  MLPImpl(const ModelConfig& config, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x)); [T, hidden] -> [T, hidden]
+  Projection gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// HF's `model.` prefix: embeddings, the layer stack and the final norm.
+class DecoderImpl : public torch::nn::Module {
+ public:
+  DecoderImpl(const ModelConfig& config, const at::TensorOptions& options);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Decoder);
+
+struct ForwardOptions {
+  kernels::AttentionImpl attention = kernels::AttentionImpl::Auto;
+  bool gradient_checkpointing = false;  // recompute each layer in backward instead of storing activations
+};
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  CausalLMImpl(const ModelConfig& config, const at::TensorOptions& options);
+
+  // input_ids, position_ids: int64 [T] -> final hidden states [T, hidden] (after the final norm).
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& position_ids,
+                     const kernels::PackedSequences& seqs, const ForwardOptions& options);
+  // Vocabulary projection of selected rows only: hidden [N, hidden] -> logits [N, vocab].
+  at::Tensor logits(const at::Tensor& hidden);
+  const at::Tensor& output_weight();  // lm_head.weight, or embed_tokens.weight when tied
+
+  const ModelConfig& config() const { return config_; }
+  Decoder model{nullptr};
+  Projection lm_head{nullptr};  // null when tie_word_embeddings
+
+ private:
+  ModelConfig config_;
+  RotaryEmbedding rotary_;
+};
+TORCH_MODULE(CausalLM);
+
+}  // namespace sft::model

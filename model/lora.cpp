@@ -1,0 +1,156 @@
+// model/lora.cpp: LoRA module swap, freezing and merging.
+#include "model/lora.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <set>
+
+#include "common/errors.h"
+
+namespace sft::model {
+
+LoraProjectionImpl::LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale_, double dropout_)
+    : ProjectionImpl(base), scale(scale_), dropout(dropout_) {
+  const auto options = torch::nn::LinearOptions(in_features(), rank).bias(false);
+  lora_A = register_module("lora_A", torch::nn::Linear(options));
+  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(rank, out_features()).bias(false)));
+  torch::NoGradGuard no_grad;
+  lora_A->weight.set_data(lora_A->weight.to(weight.options()));
+  lora_B->weight.set_data(lora_B->weight.to(weight.options()));
+  torch::nn::init::kaiming_uniform_(lora_A->weight, std::sqrt(5.0));
+  lora_B->weight.zero_();
+}
+
+at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) {
+  at::Tensor result = ProjectionImpl::forward(x);
+  at::Tensor lora_input = x.to(lora_A->weight.scalar_type());
+  if (dropout > 0 && is_training()) lora_input = at::dropout(lora_input, dropout, /*train=*/true);
+  return result + (lora_B->forward(lora_A->forward(lora_input)) * scale).to(result.scalar_type());
+}
+
+at::Tensor LoraProjectionImpl::delta_weight() const {
+  return at::matmul(lora_B->weight, lora_A->weight) * scale;  // [out, r] @ [r, in]
+}
+
+double lora_scale(const LoraSpec& spec) {
+  return spec.rslora ? spec.alpha / std::sqrt(static_cast<double>(spec.rank)) : spec.alpha / spec.rank;
+}
+
+namespace {
+
+// Calls fn(path, parent module, child name, projection holder) for every projection in the blocks.
+template <class Fn>
+void for_each_block_projection(CausalLM& model, Fn&& fn) {
+  int64_t index = 0;
+  for (const auto& module : *model->model->layers) {
+    auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(module);
+    const std::string prefix = "model.layers." + std::to_string(index++) + ".";
+    AttentionImpl& attn = *layer->self_attn;
+    MLPImpl& mlp = *layer->mlp;
+    fn(prefix + "self_attn", attn, "q_proj", attn.q_proj);
+    fn(prefix + "self_attn", attn, "k_proj", attn.k_proj);
+    fn(prefix + "self_attn", attn, "v_proj", attn.v_proj);
+    fn(prefix + "self_attn", attn, "o_proj", attn.o_proj);
+    fn(prefix + "mlp", mlp, "gate_proj", mlp.gate_proj);
+    fn(prefix + "mlp", mlp, "up_proj", mlp.up_proj);
+    fn(prefix + "mlp", mlp, "down_proj", mlp.down_proj);
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec) {
+  for (auto& param : model->parameters()) param.set_requires_grad(false);
+  const bool all = std::find(spec.targets.begin(), spec.targets.end(), "all") != spec.targets.end();
+  const std::set<std::string> targets(spec.targets.begin(), spec.targets.end());
+  const double scale = lora_scale(spec);
+  std::vector<std::string> adapted;
+  for_each_block_projection(model, [&](const std::string& parent_path, torch::nn::Module& parent,
+                                       const std::string& name, Projection& holder) {
+    if (!all && !targets.count(name)) return;
+    if (std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr())) return;  // already adapted
+    auto lora = std::make_shared<LoraProjectionImpl>(*holder, spec.rank, scale, spec.dropout);
+    parent.replace_module(name, lora);
+    holder = Projection(std::static_pointer_cast<ProjectionImpl>(lora));
+    adapted.push_back(parent_path + "." + name);
+  });
+  return adapted;
+}
+
+std::map<std::string, std::shared_ptr<LoraProjectionImpl>> lora_modules(CausalLM& model) {
+  std::map<std::string, std::shared_ptr<LoraProjectionImpl>> found;
+  for_each_block_projection(model, [&](const std::string& parent_path, torch::nn::Module&, const std::string& name,
+                                       Projection& holder) {
+    if (auto lora = std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr())) found[parent_path + "." + name] = lora;
+  });
+  return found;
+}
+
+void merge_lora(CausalLM& model) {
+  torch::NoGradGuard no_grad;
+  for_each_block_projection(model, [&](const std::string&, torch::nn::Module& parent, const std::string& name,
+                                       Projection& holder) {
+    auto lora = std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr());
+    if (!lora) return;
+    // Add in fp32 then round once, so bf16 bases lose no more than one rounding.
+    at::Tensor merged = (lora->weight.to(at::kFloat) + lora->delta_weight().to(at::kFloat)).to(lora->weight.scalar_type());
+    lora->weight.copy_(merged);
+    auto plain = std::make_shared<ProjectionImpl>(static_cast<const ProjectionImpl&>(*lora));
+    parent.replace_module(name, plain);
+    holder = Projection(plain);
+  });
+}
+
+std::vector<std::string> apply_freeze(CausalLM& model, const FreezeSpec& spec) {
+  const int64_t n_layers = model->config().num_hidden_layers;
+  std::set<int64_t> layers;
+  if (spec.layer_count) {
+    const int64_t count = std::min<int64_t>(std::abs(*spec.layer_count), n_layers);
+    for (int64_t i = 0; i < count; ++i) layers.insert(*spec.layer_count > 0 ? n_layers - 1 - i : i);
+  } else {
+    for (int64_t index : spec.layer_indices) {
+      if (index < 0 || index >= n_layers) {
+        throw InputError("finetune.freeze.trainable_layers: layer " + std::to_string(index) +
+                         " does not exist (the model has " + std::to_string(n_layers) + " layers)");
+      }
+      layers.insert(index);
+    }
+  }
+  const bool all_modules = spec.trainable_modules.empty() ||
+                           std::find(spec.trainable_modules.begin(), spec.trainable_modules.end(), "all") !=
+                               spec.trainable_modules.end();
+  auto in_selected_layer = [&](const std::string& name) {
+    for (int64_t layer : layers) {
+      const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+      if (name.rfind(prefix, 0) != 0) continue;
+      if (all_modules) return true;
+      // Module names match a whole path component: "mlp" matches ".mlp.", "q_proj" matches ".q_proj.".
+      for (const std::string& module : spec.trainable_modules) {
+        if (("." + name.substr(prefix.size() - 1) + ".").find("." + module + ".") != std::string::npos) return true;
+      }
+    }
+    return false;
+  };
+  auto is_extra = [&](const std::string& name) {
+    for (const std::string& extra : spec.extra_modules) {
+      if (extra == "embed_tokens" && name == "model.embed_tokens.weight") return true;
+      if (extra == "norm" && name == "model.norm.weight") return true;
+      // With tied embeddings lm_head *is* embed_tokens.
+      if (extra == "lm_head" && (name == "lm_head.weight" ||
+                                 (model->config().tie_word_embeddings && name == "model.embed_tokens.weight"))) {
+        return true;
+      }
+    }
+    return false;
+  };
+  std::vector<std::string> trainable;
+  for (auto& item : model->named_parameters()) {
+    const bool train = in_selected_layer(item.key()) || is_extra(item.key());
+    item.value().set_requires_grad(train);
+    if (train) trainable.push_back(item.key());
+  }
+  return trainable;
+}
+
+}  // namespace sft::model

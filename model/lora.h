@@ -1,0 +1,62 @@
+// model/lora.h: the two explicit transforms of a built model: LoRA (swap targeted projections for
+// LoraProjection, keeping base names `weight`/`bias` and adding `lora_A.weight`/`lora_B.weight` as PEFT
+// names them) and freezing (choose which parameters train). Plus merging LoRA into the base weights.
+#pragma once
+#include <torch/nn/modules/linear.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace sft::model {
+
+// base(x) + scale * B(A(dropout(x))). A: [r, in] (Kaiming-uniform, a = sqrt(5), as PEFT), B: [out, r] = 0,
+// so the adapted model equals the base model at step 0.
+class LoraProjectionImpl : public ProjectionImpl {
+ public:
+  LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale, double dropout);
+  at::Tensor forward(const at::Tensor& x) override;
+  // The dense update scale * B @ A: [out, in].
+  at::Tensor delta_weight() const;
+
+  torch::nn::Linear lora_A{nullptr}, lora_B{nullptr};
+  double scale;
+  double dropout;
+};
+TORCH_MODULE(LoraProjection);
+
+struct LoraSpec {
+  int64_t rank = 8;
+  double alpha = 16.0;
+  double dropout = 0.05;
+  bool rslora = false;
+  std::vector<std::string> targets;  // projection names, or {"all"}
+};
+
+double lora_scale(const LoraSpec& spec);  // alpha / r, or alpha / sqrt(r) with rslora
+
+// Replaces every targeted projection in every layer; freezes all base parameters. A is initialised from
+// the current default generator (seed it first). Returns the adapted module paths
+// ("model.layers.0.self_attn.q_proj", ...).
+std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec);
+
+// Every LoraProjection in the model by module path.
+std::map<std::string, std::shared_ptr<LoraProjectionImpl>> lora_modules(CausalLM& model);
+
+// W += scale * B @ A for every adapter, then swaps plain projections back in (LoRA params disappear).
+void merge_lora(CausalLM& model);
+
+struct FreezeSpec {
+  std::optional<int64_t> layer_count = 2;      // > 0: last N, < 0: first |N|
+  std::vector<int64_t> layer_indices;          // used when layer_count is empty
+  std::vector<std::string> trainable_modules;  // {"all"} or names matched as a path component
+  std::vector<std::string> extra_modules;      // embed_tokens, norm, lm_head
+};
+
+// LLaMA-Factory freeze semantics. Throws InputError when a layer index is out of range.
+// Returns the names of the trainable parameters.
+std::vector<std::string> apply_freeze(CausalLM& model, const FreezeSpec& spec);
+
+}  // namespace sft::model

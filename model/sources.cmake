@@ -1,0 +1,10 @@
+# model/: architecture, config.json, weights (safetensors + name table), LoRA/freeze transforms.
+set(SFT_MODEL_SOURCES
+  model/config.cpp
+  model/safetensors_header.cpp
+  model/safetensors.cpp
+  model/weights.cpp
+  model/llama.cpp
+  model/lora.cpp
+)
+list(APPEND SFT_MODEL_SOURCES model/generate.cpp)  # KV-cache decoding

@@ -1,0 +1,184 @@
+// model/weights.cpp: the HF name table, checkpoint loading with full validation, and HF export.
+#include "model/weights.h"
+
+#include <torch/torch.h>
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "common/errors.h"
+#include "model/safetensors.h"
+
+namespace sft::model {
+namespace fs = std::filesystem;
+
+std::vector<WeightEntry> weight_table(const ModelConfig& c) {
+  const int64_t hidden = c.hidden_size, inner = c.intermediate_size;
+  const int64_t q_out = c.num_attention_heads * c.head_dim, kv_out = c.num_key_value_heads * c.head_dim;
+  const bool qkv_bias = c.attention_bias;
+  const bool o_bias = c.attention_bias && c.model_type != "qwen2";
+  std::vector<WeightEntry> table;
+  table.push_back({"model.embed_tokens.weight", {c.vocab_size, hidden}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    table.push_back({p + "self_attn.q_proj.weight", {q_out, hidden}});
+    if (qkv_bias) table.push_back({p + "self_attn.q_proj.bias", {q_out}});
+    table.push_back({p + "self_attn.k_proj.weight", {kv_out, hidden}});
+    if (qkv_bias) table.push_back({p + "self_attn.k_proj.bias", {kv_out}});
+    table.push_back({p + "self_attn.v_proj.weight", {kv_out, hidden}});
+    if (qkv_bias) table.push_back({p + "self_attn.v_proj.bias", {kv_out}});
+    table.push_back({p + "self_attn.o_proj.weight", {hidden, q_out}});
+    if (o_bias) table.push_back({p + "self_attn.o_proj.bias", {hidden}});
+    table.push_back({p + "mlp.gate_proj.weight", {inner, hidden}});
+    table.push_back({p + "mlp.up_proj.weight", {inner, hidden}});
+    table.push_back({p + "mlp.down_proj.weight", {hidden, inner}});
+    if (c.mlp_bias) {
+      table.push_back({p + "mlp.gate_proj.bias", {inner}});
+      table.push_back({p + "mlp.up_proj.bias", {inner}});
+      table.push_back({p + "mlp.down_proj.bias", {hidden}});
+    }
+    table.push_back({p + "input_layernorm.weight", {hidden}});
+    table.push_back({p + "post_attention_layernorm.weight", {hidden}});
+  }
+  table.push_back({"model.norm.weight", {hidden}});
+  if (!c.tie_word_embeddings) table.push_back({"lm_head.weight", {c.vocab_size, hidden}});
+  return table;
+}
+
+bool is_ignorable_checkpoint_tensor(const std::string& name, const ModelConfig& config) {
+  auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with("rotary_emb.inv_freq")) return true;
+  // Some exporters write lm_head.weight even when it is tied to the embeddings.
+  return config.tie_word_embeddings && name == "lm_head.weight";
+}
+
+namespace {
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << "]";
+  return out.str();
+}
+
+std::map<std::string, at::Tensor> parameters_by_name(torch::nn::Module& module) {
+  std::map<std::string, at::Tensor> params;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) params[item.key()] = item.value();
+  return params;
+}
+
+}  // namespace
+
+void load_weights(CausalLM& model, const fs::path& dir) {
+  const ModelConfig& config = model->config();
+  CheckpointFiles files = CheckpointFiles::open(dir);
+  const std::vector<WeightEntry> table = weight_table(config);
+  std::map<std::string, at::Tensor> params = parameters_by_name(*model);
+
+  std::set<std::string> expected;
+  std::vector<std::string> problems;
+  for (const WeightEntry& entry : table) {
+    expected.insert(entry.name);
+    if (!files.contains(entry.name)) {
+      problems.push_back("missing tensor '" + entry.name + "' (expected shape " + shape_string(entry.shape) + ")");
+      continue;
+    }
+    const StTensorInfo& info = files.info(entry.name);
+    if (info.shape != entry.shape) {
+      problems.push_back("tensor '" + entry.name + "' in " + files.file_of(entry.name) + " has shape " +
+                         shape_string(info.shape) + ", expected " + shape_string(entry.shape));
+    }
+  }
+  for (const std::string& name : files.tensor_names()) {
+    if (!expected.count(name) && !is_ignorable_checkpoint_tensor(name, config)) {
+      problems.push_back("unexpected tensor '" + name + "' in " + files.file_of(name));
+    }
+  }
+  if (!problems.empty()) {
+    std::string message = dir.string() + ": checkpoint does not match config.json:";
+    for (const std::string& problem : problems) message += "\n  - " + problem;
+    throw InputError(message);
+  }
+
+  torch::NoGradGuard no_grad;
+  for (const WeightEntry& entry : table) {
+    auto it = params.find(entry.name);
+    if (it == params.end()) throw std::logic_error("weight table names unknown parameter " + entry.name);
+    at::Tensor& param = it->second;
+    param.copy_(files.load(entry.name, param.scalar_type()));
+  }
+}
+
+CausalLM load_pretrained(const fs::path& dir, at::ScalarType dtype, const at::Device& device) {
+  ModelConfig config = load_model_config(dir);
+  // Build on the CPU, load, then move: the mapping is read once, straight into the parameters.
+  CausalLM model(config, at::TensorOptions().dtype(dtype).device(at::kCPU));
+  load_weights(model, dir);
+  if (!device.is_cpu()) model->to(device);
+  return model;
+}
+
+at::ScalarType parse_dtype(const std::string& name, const std::string& key) {
+  if (name == "float32" || name == "fp32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "fp16") return at::kHalf;
+  throw InputError(key + ": '" + name + "' is not one of float32|bfloat16|float16");
+}
+
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return c10::toString(dtype);
+  }
+}
+
+void save_pretrained(CausalLM& model, const fs::path& source_config_dir, const fs::path& out_dir,
+                     at::ScalarType dtype, int64_t shard_bytes) {
+  fs::create_directories(out_dir);
+  std::map<std::string, at::Tensor> params = parameters_by_name(*model);
+  std::vector<std::vector<std::pair<std::string, at::Tensor>>> shards(1);
+  int64_t shard_size = 0, total_size = 0;
+  for (const WeightEntry& entry : weight_table(model->config())) {
+    at::Tensor tensor = params.at(entry.name).detach().to(at::kCPU, dtype).contiguous();
+    const int64_t bytes = tensor.numel() * static_cast<int64_t>(tensor.element_size());
+    if (shard_size > 0 && shard_size + bytes > shard_bytes) {
+      shards.emplace_back();
+      shard_size = 0;
+    }
+    shards.back().emplace_back(entry.name, tensor);
+    shard_size += bytes;
+    total_size += bytes;
+  }
+  const std::map<std::string, std::string> metadata{{"format", "pt"}};
+  if (shards.size() == 1) {
+    write_safetensors(out_dir / "model.safetensors", shards[0], metadata);
+  } else {
+    nlohmann::json index;
+    index["metadata"] = {{"total_size", total_size}};
+    index["weight_map"] = nlohmann::json::object();
+    const size_t count = shards.size();
+    for (size_t s = 0; s < count; ++s) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, count);
+      write_safetensors(out_dir / name, shards[s], metadata);
+      for (const auto& [tensor_name, tensor] : shards[s]) index["weight_map"][tensor_name] = name;
+    }
+    std::ofstream(out_dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+  }
+  // config.json: the source config with the saved dtype.
+  std::ifstream in(source_config_dir / "config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["torch_dtype"] = dtype_name(dtype);
+  if (config.contains("dtype")) config["dtype"] = dtype_name(dtype);
+  std::ofstream(out_dir / "config.json") << config.dump(2) << "\n";
+}
+
+}  // namespace sft::model

@@ -1,0 +1,42 @@
+// model/weights.h: the one table from HF checkpoint tensor names to our parameters, and loading /
+// saving a CausalLM from / to an HF model directory (config.json + safetensors, sharded or not).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/llama.h"
+
+namespace sft::model {
+
+struct WeightEntry {
+  std::string name;            // HF tensor name == our parameter name (kept equal by model/llama.h)
+  std::vector<int64_t> shape;
+};
+
+// Every tensor an HF checkpoint of this architecture holds, in HF's order.
+std::vector<WeightEntry> weight_table(const ModelConfig& config);
+
+// Checkpoint names we accept and ignore (buffers older transformers versions saved).
+bool is_ignorable_checkpoint_tensor(const std::string& name, const ModelConfig& config);
+
+// Builds the model described by dir/config.json on `device` in `dtype` and loads its weights.
+// Missing, unexpected or wrong-shaped tensors are sft::InputError naming the tensor (and both shapes).
+CausalLM load_pretrained(const std::filesystem::path& dir, at::ScalarType dtype, const at::Device& device);
+void load_weights(CausalLM& model, const std::filesystem::path& dir);
+
+// Writes `model` as an HF directory: config.json (copied from `source_config_dir`, dtype updated) and
+// model.safetensors, or shards of at most `shard_bytes` plus model.safetensors.index.json.
+// Parameters are saved under their HF names; LoRA tensors are never part of this table.
+void save_pretrained(CausalLM& model, const std::filesystem::path& source_config_dir,
+                     const std::filesystem::path& out_dir, at::ScalarType dtype, int64_t shard_bytes);
+
+// Parses "float32" | "bfloat16" | "float16" (and "fp32"/"bf16"/"fp16"); throws InputError naming `key`.
+at::ScalarType parse_dtype(const std::string& name, const std::string& key);
+std::string dtype_name(at::ScalarType dtype);
+
+}  // namespace sft::model

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Golden values for training parity (issue 4), made with transformers + peft + torch.optim.AdamW.
+
+Data: 16 pre-tokenized, masked examples (uneven lengths) in the `tokenized` JSONL format
+({"input_ids": [...], "labels": [...]}, labels -100 where unsupervised), so the tokenizer plays no part.
+With micro_batch_size 8 and grad_accum 2 every optimizer step sees all 16 examples, so the reference
+loss does not depend on shuffle order. The loss of a step is the sum of target-token cross-entropies
+over the whole step divided by the step's target count (no per-micro-batch averaging).
+
+Runs (10 optimizer steps each, cosine schedule with 2 warmup steps, clip 1.0, weight decay 0.01):
+  lora    PEFT LoRA r=4 alpha=8 on q,k,v,o,gate,up,down, dropout 0 (init saved as adapter_init/)
+  full    every parameter trains
+  freeze  last layer trainable (requires_grad), plus the final norm
+Outputs in <out>/train/: data.jsonl, base model dir, per run: losses.json, final weights (safetensors),
+plus lora_grads.safetensors: LoRA gradients after the first backward (B set non-zero first so A has a
+gradient; the adapter used is adapter_grad/).
+"""
+import argparse
+import hashlib
+import json
+import math
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+STEPS = 10
+LR = 1e-3
+WARMUP = 2
+WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+def make_data(vocab: int):
+    rng = random.Random(1234)
+    examples = []
+    for _ in range(16):
+        length = rng.randint(6, 40)
+        ids = [rng.randrange(3, vocab) for _ in range(length)]
+        prompt = rng.randint(1, length - 2)
+        labels = [-100] * prompt + ids[prompt:]
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples
+
+
+def lr_lambda(step):
+    if step < WARMUP:
+        return step / max(1, WARMUP)
+    progress = (step - WARMUP) / max(1, STEPS - WARMUP)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def step_loss(model, examples):
+    """Sum of target cross-entropies over all examples (one forward per example), and target count."""
+    total, count = 0.0, 0
+    for ex in examples:
+        ids = torch.tensor([ex["input_ids"]])
+        labels = torch.tensor(ex["labels"])
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        targets = labels[1:]
+        mask = targets != -100
+        total = total + torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
+        count += int(mask.sum())
+    return total, count
+
+
+def train(model, params, examples):
+    """The reference loop: grad over the whole step / total targets, clip, AdamW, LambdaLR."""
+    decay = [p for n, p in params if p.dim() >= 2]
+    no_decay = [p for n, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, foreach=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    losses, lrs, norms = [], [], []
+    model.train()
+    for _ in range(STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        # Two micro-batches of 8, as our run does; the normaliser is the whole step's target count.
+        total_targets = count_targets(examples)
+        loss_value = 0.0
+        for micro in (examples[:8], examples[8:]):
+            loss_sum, _ = step_loss(model, micro)
+            (loss_sum / total_targets).backward()
+            loss_value += loss_sum.item()
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], MAX_GRAD_NORM, foreach=False)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss_value / total_targets)
+        norms.append(norm.item())
+    return losses, lrs, norms
+
+
+def count_targets(examples):
+    return sum(1 for ex in examples for t in ex["labels"][1:] if t != -100)
+
+
+def load_base(base_dir):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def build(out: Path, models_dir: Path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base_dir = out / "base"
+    if base_dir.exists():
+        shutil.rmtree(base_dir)
+    shutil.copytree(models_dir / "llama_gqa", base_dir)
+    (base_dir / "reference.safetensors").unlink()
+    vocab = json.loads((base_dir / "config.json").read_text())["vocab_size"]
+    examples = make_data(vocab)
+    with open(out / "data.jsonl", "w") as f:
+        for ex in examples:
+            f.write(json.dumps(ex) + "\n")
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # ---- LoRA ----
+    torch.manual_seed(7)
+    lora_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(load_base(base_dir), lora_cfg)
+    peft_model.save_pretrained(out / "adapter_init")
+    params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    losses, lrs, norms = train(peft_model, params, examples)
+    final = {n.replace(".default", ""): p.detach().clone().contiguous() for n, p in params}
+    save_file(final, str(out / "lora_final.safetensors"))
+    (out / "lora_losses.json").write_text(json.dumps({"loss": losses, "lr": lrs, "grad_norm": norms}, indent=1))
+    print(f"[golden] lora losses {losses[0]:.5f} -> {losses[-1]:.5f}")
+
+    # ---- LoRA gradients after one backward, from an adapter with non-zero B ----
+    torch.manual_seed(8)
+    grad_model = get_peft_model(load_base(base_dir), lora_cfg)
+    with torch.no_grad():
+        for n, p in grad_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    grad_model.save_pretrained(out / "adapter_grad")
+    grad_model.train()
+    loss_sum, count = step_loss(grad_model, examples)
+    (loss_sum / count).backward()
+    grads = {n.replace(".default", ""): p.grad.detach().clone().contiguous()
+             for n, p in grad_model.named_parameters() if p.requires_grad}
+    save_file(grads, str(out / "lora_grads.safetensors"))
+
+    # ---- full ----
+    torch.manual_seed(9)
+    model = load_base(base_dir)
+    params = [(n, p) for n, p in model.named_parameters()]
+    losses, lrs, norms = train(model, params, examples)
+    save_file({n: p.detach().clone().contiguous() for n, p in params}, str(out / "full_final.safetensors"))
+    (out / "full_losses.json").write_text(json.dumps({"loss": losses, "lr": lrs, "grad_norm": norms}, indent=1))
+    print(f"[golden] full losses {losses[0]:.5f} -> {losses[-1]:.5f}")
+
+    # ---- freeze: last layer + final norm ----
+    model = load_base(base_dir)
+    n_layers = model.config.num_hidden_layers
+    for n, p in model.named_parameters():
+        p.requires_grad = n.startswith(f"model.layers.{n_layers - 1}.") or n == "model.norm.weight"
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    losses, lrs, norms = train(model, params, examples)
+    save_file({n: p.detach().clone().contiguous() for n, p in model.named_parameters()},
+              str(out / "freeze_final.safetensors"))
+    (out / "freeze_losses.json").write_text(json.dumps({"loss": losses, "lr": lrs, "grad_norm": norms}, indent=1))
+    print(f"[golden] freeze losses {losses[0]:.5f} -> {losses[-1]:.5f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    root = Path(__file__).resolve().parent.parent
+    parser.add_argument("--out", default=str(root / ".cache" / "golden"))
+    args = parser.parse_args()
+    out = Path(args.out) / "train"
+    models_dir = Path(args.out) / "models"
+    if not (models_dir / "llama_gqa" / "config.json").exists():
+        sys.exit("make_train_golden: run scripts/make_golden.py first (needs models/llama_gqa)")
+    digest = hashlib.sha256(Path(__file__).read_bytes() + (models_dir / "STAMP").read_bytes()).hexdigest()
+    stamp = out / "STAMP"
+    if stamp.exists() and stamp.read_text() == digest:
+        print(f"[golden] training references up to date in {out}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    build(out, models_dir)
+    stamp.write_text(digest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+// tests/test_attention.cpp: CPU tests of the fused attention: the shared index arithmetic against brute
+// force, the CPU twin (same blocked algorithm as the CUDA kernels) against the naive fp64 reference over
+// the case matrix (lengths 1, 2, block +-1, long; mixed packed batches; causal or not; GQA 1/2/4/8; head
+// dims 64/128; both backward modes), fp64 finite-difference gradients, the autograd wrapper, the 2x-error
+// rule on bf16 inputs, the input checker, resolve_attention_impl, the shared-memory budget, and an opt-in
+// benchmark (SFT_BENCH=1) of the twin against LibTorch's CPU SDPA.
+#include <gtest/gtest.h>
+#include <torch/autograd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/attention_index.h"
+#include "kernels/attention_params.h"
+#include "kernels/fused_attention.h"
+#include "kernels/ops.h"
+
+namespace sft::kernels {
+namespace {
+
+// Fresh random inputs every run; the seed is printed so a failure can be replayed (SFT_TEST_SEED).
+uint64_t fresh_seed() {
+  const char* env = std::getenv("SFT_TEST_SEED");
+  const uint64_t seed = env && *env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+  at::manual_seed(seed);
+  return seed;
+}
+
+struct Packed {
+  at::Tensor cu_host;  // int32 [n + 1]
+  int64_t total = 0, max_len = 0;
+};
+Packed pack(const std::vector<int32_t>& lens) {
+  std::vector<int32_t> off{0};
+  Packed p;
+  for (int32_t len : lens) {
+    off.push_back(off.back() + len);
+    p.max_len = std::max<int64_t>(p.max_len, len);
+  }
+  p.total = off.back();
+  p.cu_host = at::tensor(off, at::kInt);
+  return p;
+}
+
+double max_abs(const at::Tensor& x) { return x.abs().max().item<double>(); }
+double max_err(const at::Tensor& a, const at::Tensor& b) {
+  return (a.detach().to(at::kDouble) - b.detach().to(at::kDouble)).abs().max().item<double>();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Index arithmetic (kernels/attention_index.h) against brute force over every element of every tile.
+TEST(AttentionIndex, TileLimitsMatchBruteForceVisibility) {
+  for (int bm : {32, 64}) {
+    for (int bn : {64}) {
+      for (bool causal : {false, true}) {
+        for (int len = 1; len <= 300; ++len) {
+          const int m_blocks = attn::num_blocks(len, bm), n_blocks = attn::num_blocks(len, bn);
+          for (int mb = 0; mb < m_blocks; ++mb) {
+            for (int nb = 0; nb < n_blocks; ++nb) {
+              bool any = false, all = true;
+              for (int i = mb * bm; i < (mb + 1) * bm; ++i) {
+                for (int j = nb * bn; j < (nb + 1) * bn; ++j) {
+                  const bool vis = i < len && j < len && (!causal || j <= i);
+                  ASSERT_EQ(attn::key_visible(i, j, len, causal), vis);
+                  any |= vis;
+                  all &= vis;
+                }
+              }
+              // Forward / dQ pass visits key blocks [0, key_block_end); dK/dV pass visits query blocks
+              // [query_block_begin, m_blocks). Both must visit exactly the tiles with a visible element.
+              const bool fwd_visits = nb < attn::key_block_end(mb, bm, bn, len, causal);
+              const bool bwd_visits = mb >= attn::query_block_begin(nb, bm, bn, causal);
+              ASSERT_EQ(fwd_visits, any) << "len " << len << " mb " << mb << " nb " << nb << " causal " << causal;
+              ASSERT_EQ(bwd_visits, any) << "len " << len << " mb " << mb << " nb " << nb << " causal " << causal;
+              // An unmasked tile must be fully visible.
+              if (!attn::tile_needs_mask(mb, nb, bm, bn, len, causal)) ASSERT_TRUE(all);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(AttentionIndex, SequenceSpansAndGqaMapping) {
+  const int32_t cu[] = {0, 1, 3, 3, 67};
+  EXPECT_EQ(attn::seq_span(cu, 0).begin, 0);
+  EXPECT_EQ(attn::seq_span(cu, 0).len, 1);
+  EXPECT_EQ(attn::seq_span(cu, 1).begin, 1);
+  EXPECT_EQ(attn::seq_span(cu, 1).len, 2);
+  EXPECT_EQ(attn::seq_span(cu, 2).len, 0);
+  EXPECT_EQ(attn::seq_span(cu, 3).begin, 3);
+  EXPECT_EQ(attn::seq_span(cu, 3).len, 64);
+  // 8 q heads over 2 kv heads: heads 0-3 -> 0, 4-7 -> 1 (transformers repeat_kv).
+  for (int h = 0; h < 8; ++h) EXPECT_EQ(attn::kv_head_of(h, 4), h / 4);
+  EXPECT_EQ(attn::first_q_head_of(1, 4), 4);
+  EXPECT_EQ(attn::row_stat_index(2, 5, 100), 205);
+  EXPECT_EQ(attn::token_offset(3, 2, 8 * 64, 64), 3 * 512 + 128);
+}
+
+// Every kernel's shared memory fits the opt-in per-block limit of A100 (sm_80) and H100 (sm_90).
+TEST(AttentionIndex, SharedMemoryFitsSm80AndSm90) {
+  for (int d : {64, 128}) {
+    for (int bytes : {attention_fwd_smem_bytes(d), attention_bwd_dkdv_smem_bytes(d), attention_bwd_dq_smem_bytes(d)}) {
+      EXPECT_GT(bytes, 0);
+      EXPECT_LE(bytes, kSmemLimitSm80) << "head_dim " << d;
+      EXPECT_LE(bytes, kSmemLimitSm90) << "head_dim " << d;
+    }
+  }
+  EXPECT_EQ(attention_fwd_smem_bytes(128), 2 * 136 * 192);  // Q 64 + K 64 + V 64 rows of 136 bf16
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CPU twin vs the naive fp64 reference (forward and all three gradients, through the autograd wrapper).
+struct TwinCase {
+  std::vector<int32_t> lens;
+  int hkv, group, d;
+  bool causal, deterministic;
+};
+
+struct TwinErrors {
+  double out, dq, dk, dv, scale;  // max abs errors; scale = max |reference| over the four tensors
+};
+
+TwinErrors run_twin_case(const TwinCase& c, at::ScalarType dtype) {
+  const Packed p = pack(c.lens);
+  const int hq = c.hkv * c.group;
+  auto opts = at::TensorOptions().dtype(dtype);
+  at::Tensor q = at::randn({p.total, hq, c.d}, opts).requires_grad_(true);
+  at::Tensor k = at::randn({p.total, c.hkv, c.d}, opts).requires_grad_(true);
+  at::Tensor v = at::randn({p.total, c.hkv, c.d}, opts).requires_grad_(true);
+  at::Tensor dout = at::randn({p.total, hq, c.d}, opts);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  at::Tensor out = fused_varlen_attention(q, k, v, p.cu_host, p.cu_host, p.max_len, scale, c.causal, c.deterministic);
+  auto g = torch::autograd::grad({out}, {q, k, v}, {dout});
+
+  at::Tensor qr = q.detach().to(at::kDouble).requires_grad_(true), kr = k.detach().to(at::kDouble).requires_grad_(true),
+             vr = v.detach().to(at::kDouble).requires_grad_(true);
+  at::Tensor out_r = reference_varlen_attention_fp64(qr, kr, vr, p.cu_host, scale, c.causal);
+  auto gr = torch::autograd::grad({out_r}, {qr, kr, vr}, {dout.to(at::kDouble)});
+  TwinErrors e{max_err(out, out_r), max_err(g[0], gr[0]), max_err(g[1], gr[1]), max_err(g[2], gr[2]), 0};
+  e.scale = std::max({max_abs(out_r), max_abs(gr[0]), max_abs(gr[1]), max_abs(gr[2])});
+  return e;
+}
+
+std::vector<TwinCase> case_matrix() {
+  // A packed batch mixing 1, 2, block +-1 (32 is the hd128 backward query block, 64 the others) and a
+  // multi-block sequence; GQA ratios 1, 2, 4, 8; head dims 64, 128; causal or not; both backward modes.
+  const std::vector<int32_t> mixed{1, 63, 2, 64, 65, 31, 33, 129, 200};
+  std::vector<TwinCase> cases;
+  for (int d : {64, 128}) {
+    for (bool causal : {false, true}) {
+      for (int group : {1, 2, 4, 8}) {
+        cases.push_back({mixed, group == 8 ? 1 : 2, group, d, causal, group == 2});
+      }
+    }
+  }
+  return cases;
+}
+
+std::string describe(const TwinCase& c) {
+  std::string s = "lens [";
+  for (int32_t len : c.lens) s += std::to_string(len) + " ";
+  return s + "] hkv " + std::to_string(c.hkv) + " group " + std::to_string(c.group) + " d " + std::to_string(c.d) +
+         " causal " + std::to_string(c.causal) + " deterministic " + std::to_string(c.deterministic);
+}
+
+TEST(AttentionCpuTwin, Fp64MatchesReferenceOverCaseMatrix) {
+  const uint64_t seed = fresh_seed();
+  for (const TwinCase& c : case_matrix()) {
+    const TwinErrors e = run_twin_case(c, at::kDouble);
+    SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
+    EXPECT_GT(e.scale, 0.1);  // the reference is not trivially zero
+    EXPECT_LT(e.out, 1e-11 * e.scale);
+    EXPECT_LT(e.dq, 1e-11 * e.scale);
+    EXPECT_LT(e.dk, 1e-11 * e.scale);
+    EXPECT_LT(e.dv, 1e-11 * e.scale);
+  }
+}
+
+TEST(AttentionCpuTwin, Fp32MatchesReferenceOverCaseMatrix) {
+  const uint64_t seed = fresh_seed();
+  double worst = 0;
+  for (const TwinCase& c : case_matrix()) {
+    const TwinErrors e = run_twin_case(c, at::kFloat);
+    SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
+    EXPECT_LT(e.out, 2e-5 * e.scale);
+    EXPECT_LT(e.dq, 2e-5 * e.scale);
+    EXPECT_LT(e.dk, 2e-5 * e.scale);
+    EXPECT_LT(e.dv, 2e-5 * e.scale);
+    worst = std::max({worst, e.out / e.scale, e.dq / e.scale, e.dk / e.scale, e.dv / e.scale});
+  }
+  std::printf("[twin fp32] worst relative max-abs error vs fp64 reference: %.3g\n", worst);
+}
+
+TEST(AttentionCpuTwin, LongSequences) {
+  const uint64_t seed = fresh_seed();
+  for (bool causal : {true, false}) {
+    const TwinCase c{{1000, 517}, 1, 2, 64, causal, false};
+    const TwinErrors e = run_twin_case(c, at::kFloat);
+    SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
+    EXPECT_LT(e.out, 2e-5 * e.scale);
+    EXPECT_LT(e.dq, 2e-5 * e.scale);
+    EXPECT_LT(e.dk, 2e-5 * e.scale);
+    EXPECT_LT(e.dv, 2e-5 * e.scale);
+  }
+}
+
+// Each sequence attends only to itself: changing one document must not change another's outputs.
+TEST(AttentionCpuTwin, DocumentsAreIsolated) {
+  fresh_seed();
+  const Packed p = pack({70, 50});
+  at::Tensor q = at::randn({p.total, 4, 64}), k = at::randn({p.total, 2, 64}), v = at::randn({p.total, 2, 64});
+  const at::Tensor out1 = fused_varlen_attention(q, k, v, p.cu_host, p.cu_host, p.max_len, 0.125, true);
+  at::Tensor k2 = k.clone(), v2 = v.clone();
+  k2.narrow(0, 70, 50).normal_();
+  v2.narrow(0, 70, 50).normal_();
+  const at::Tensor out2 = fused_varlen_attention(q, k2, v2, p.cu_host, p.cu_host, p.max_len, 0.125, true);
+  EXPECT_TRUE(at::equal(out1.narrow(0, 0, 70), out2.narrow(0, 0, 70)));
+  EXPECT_GT(max_err(out1.narrow(0, 70, 50), out2.narrow(0, 70, 50)), 0.1);
+}
+
+// fp64 central finite differences of L = sum(out * w) on small cases, every input element.
+TEST(AttentionCpuTwin, FiniteDifferenceGradientsFp64) {
+  const uint64_t seed = fresh_seed();
+  for (bool causal : {false, true}) {
+    for (int d : {64, 128}) {
+      const Packed p = pack({3, 1, 5});
+      const int hkv = 1, hq = 2;
+      auto opts = at::TensorOptions().dtype(at::kDouble);
+      at::Tensor q = at::randn({p.total, hq, d}, opts), k = at::randn({p.total, hkv, d}, opts),
+                 v = at::randn({p.total, hkv, d}, opts), w = at::randn({p.total, hq, d}, opts);
+      const double scale = 0.3;
+      auto loss = [&](const at::Tensor& qq, const at::Tensor& kk, const at::Tensor& vv) {
+        at::Tensor out = at::empty(qq.sizes(), opts), lse = at::empty({hq, p.total}, opts);
+        fused_attention_forward(qq, kk, vv, p.cu_host, p.cu_host, p.max_len, scale, causal, out, lse);
+        return (out * w).sum().item<double>();
+      };
+      at::Tensor out = at::empty(q.sizes(), opts), lse = at::empty({hq, p.total}, opts);
+      fused_attention_forward(q, k, v, p.cu_host, p.cu_host, p.max_len, scale, causal, out, lse);
+      at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+      fused_attention_backward(w, q, k, v, out, lse, p.cu_host, p.cu_host, p.max_len, scale, causal, false, dq, dk, dv);
+      at::Tensor* inputs[3] = {&q, &k, &v};
+      const at::Tensor analytic[3] = {dq, dk, dv};
+      const double h = 1e-5;
+      double worst = 0, largest = 0;
+      for (int which = 0; which < 3; ++which) {
+        at::Tensor x = *inputs[which];
+        double* data = x.data_ptr<double>();
+        const double* grad = analytic[which].data_ptr<double>();
+        for (int64_t i = 0; i < x.numel(); ++i) {
+          const double saved = data[i];
+          data[i] = saved + h;
+          const double up = loss(q, k, v);
+          data[i] = saved - h;
+          const double down = loss(q, k, v);
+          data[i] = saved;
+          const double fd = (up - down) / (2 * h);
+          worst = std::max(worst, std::abs(fd - grad[i]));
+          largest = std::max(largest, std::abs(grad[i]));
+        }
+      }
+      SCOPED_TRACE("causal " + std::to_string(causal) + " d " + std::to_string(d) + " seed " + std::to_string(seed));
+      EXPECT_GT(largest, 0.1);
+      EXPECT_LT(worst, 1e-7 * std::max(1.0, largest));
+    }
+  }
+}
+
+// Backward modes: both agree, and every output element is written (outputs poisoned with NaN).
+TEST(AttentionCpuTwin, BackwardModesAgreeAndWriteEverything) {
+  fresh_seed();
+  const Packed p = pack({1, 97, 64, 2});
+  at::Tensor q = at::randn({p.total, 8, 128}), k = at::randn({p.total, 2, 128}), v = at::randn({p.total, 2, 128});
+  at::Tensor dout = at::randn({p.total, 8, 128});
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  at::Tensor out = at::full(q.sizes(), nan), lse = at::full({8, p.total}, nan);
+  fused_attention_forward(q, k, v, p.cu_host, p.cu_host, p.max_len, 0.1, true, out, lse);
+  ASSERT_TRUE(out.isfinite().all().item<bool>());
+  ASSERT_TRUE(lse.isfinite().all().item<bool>());
+  at::Tensor grads[2][3];
+  for (int mode = 0; mode < 2; ++mode) {
+    at::Tensor dq = at::full(q.sizes(), nan), dk = at::full(k.sizes(), nan), dv = at::full(v.sizes(), nan);
+    fused_attention_backward(dout, q, k, v, out, lse, p.cu_host, p.cu_host, p.max_len, 0.1, true, mode == 1, dq, dk, dv);
+    grads[mode][0] = dq;
+    grads[mode][1] = dk;
+    grads[mode][2] = dv;
+    for (const at::Tensor& g : grads[mode]) ASSERT_TRUE(g.isfinite().all().item<bool>());
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_LT(max_err(grads[0][i], grads[1][i]), 1e-4 * max_abs(grads[0][i]));
+  // lse is the logsumexp of the scaled scores: token 0 of head 3 attends to itself only.
+  const double s00 = (q[0][3] * k[0][0]).sum().item<double>() * 0.1;
+  EXPECT_NEAR(lse[3][0].item<double>(), s00, 1e-5);
+}
+
+// varlen_attention(Fused) on CPU agrees with the SDPA and eager paths through autograd (fp32).
+TEST(AttentionCpuTwin, DispatchFusedMatchesSdpaAndEager) {
+  fresh_seed();
+  const Packed p = pack({17, 64, 5});
+  PackedSequences seqs{p.cu_host, p.cu_host, p.max_len};
+  at::Tensor q = at::randn({p.total, 4, 64}), k = at::randn({p.total, 1, 64}), v = at::randn({p.total, 1, 64});
+  at::Tensor dout = at::randn({p.total, 4, 64});
+  std::vector<at::Tensor> outs, dqs, dks;
+  for (AttentionImpl impl : {AttentionImpl::Fused, AttentionImpl::Sdpa, AttentionImpl::Eager}) {
+    at::Tensor qg = q.clone().requires_grad_(true), kg = k.clone().requires_grad_(true), vg = v.clone().requires_grad_(true);
+    at::Tensor out = varlen_attention(qg, kg, vg, seqs, 0.125, true, impl);
+    auto g = torch::autograd::grad({out}, {qg, kg, vg}, {dout});
+    outs.push_back(out);
+    dqs.push_back(g[0]);
+    dks.push_back(g[1]);
+  }
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_LT(max_err(outs[0], outs[i]), 1e-5);
+    EXPECT_LT(max_err(dqs[0], dqs[i]), 1e-4);
+    EXPECT_LT(max_err(dks[0], dks[i]), 1e-4);
+  }
+}
+
+// FlashAttention's rule on bf16 / fp16 CPU inputs (the twin computes in fp32 and rounds like the kernel
+// stores): error vs fp64 at most 2x LibTorch's own same-dtype SDPA error.
+TEST(AttentionCpuTwin, LowPrecisionWithinTwiceTorchError) {
+  const uint64_t seed = fresh_seed();
+  for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+    for (bool causal : {false, true}) {
+      const Packed p = pack({1, 65, 130, 33});
+      at::Tensor q = at::randn({p.total, 4, 64}).to(dtype), k = at::randn({p.total, 2, 64}).to(dtype),
+                 v = at::randn({p.total, 2, 64}).to(dtype), dout = at::randn({p.total, 4, 64}).to(dtype);
+      const AttentionCheck r = check_fused_against_reference(q, k, v, dout, p.cu_host, p.max_len, 0.125, causal, false);
+      std::printf("[twin %s causal %d] %s\n", c10::toString(dtype), causal, r.describe().c_str());
+      SCOPED_TRACE(r.describe() + " seed " + std::to_string(seed));
+      EXPECT_TRUE(r.passed);
+      for (int i = 0; i < 4; ++i) EXPECT_GT(r.err_torch[i], 0.0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+TEST(AttentionFusedChecks, RejectsBadInputs) {
+  const Packed p = pack({4, 4});
+  at::Tensor q = at::randn({8, 4, 64}), k = at::randn({8, 2, 64}), v = at::randn({8, 2, 64});
+  EXPECT_NO_THROW(fused_varlen_attention(q, k, v, p.cu_host, p.cu_host, 4, 0.1, true));
+  EXPECT_THROW(fused_varlen_attention(q, at::randn({8, 3, 64}), at::randn({8, 3, 64}), p.cu_host, p.cu_host, 4, 0.1,
+                                      true),
+               c10::Error);  // 3 kv heads do not divide 4
+  EXPECT_THROW(fused_varlen_attention(q, k, at::randn({8, 2, 32}), p.cu_host, p.cu_host, 4, 0.1, true), c10::Error);
+  EXPECT_THROW(fused_varlen_attention(q, k, v, p.cu_host, p.cu_host, 3, 0.1, true), c10::Error);  // max_seqlen
+  const at::Tensor short_cu = at::tensor(std::vector<int32_t>{0, 4, 7}, at::kInt);
+  EXPECT_THROW(fused_varlen_attention(q, k, v, short_cu, short_cu, 4, 0.1, true), c10::Error);  // ends at 7 != 8
+  const at::Tensor long_cu = p.cu_host.to(at::kLong);
+  EXPECT_THROW(fused_varlen_attention(q, k, v, long_cu, long_cu, 4, 0.1, true), c10::Error);  // int64 offsets
+  EXPECT_THROW(fused_varlen_attention(q.to(at::kInt), k.to(at::kInt), v.to(at::kInt), p.cu_host, p.cu_host, 4, 0.1,
+                                      true),
+               c10::Error);
+}
+
+TEST(AttentionFusedChecks, ResolveImplOnCpu) {
+  const at::Device cpu(at::kCPU);
+  EXPECT_EQ(resolve_attention_impl(AttentionImpl::Sdpa, cpu), AttentionImpl::Sdpa);
+  EXPECT_EQ(resolve_attention_impl(AttentionImpl::Eager, cpu), AttentionImpl::Eager);
+  EXPECT_EQ(resolve_attention_impl(AttentionImpl::Fused, cpu), AttentionImpl::Fused);
+  const AttentionImpl cpu_auto = resolve_attention_impl(AttentionImpl::Auto, cpu);
+  EXPECT_TRUE(cpu_auto == AttentionImpl::Sdpa || cpu_auto == AttentionImpl::Fused);
+  // The self-check really runs on the CPU twin (float) and passes.
+  EXPECT_EQ(fused_attention_self_check(cpu), "");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Benchmark (opt-in: SFT_BENCH=1): CPU fwd+bwd time of the twin vs per-document LibTorch SDPA, fp32.
+TEST(AttentionBench, CpuTwinVsSdpa) {
+  if (std::getenv("SFT_BENCH") == nullptr) GTEST_SKIP() << "set SFT_BENCH=1 to run the CPU attention benchmark";
+  fresh_seed();
+  struct Shape {
+    std::vector<int32_t> lens;
+    int hq, hkv, d;
+    bool causal;
+  };
+  const Shape shapes[] = {{{512, 512}, 8, 2, 64, true},  {{1024}, 8, 8, 64, true},    {{1024}, 8, 2, 128, true},
+                          {{256, 256, 256, 256}, 8, 2, 64, true}, {{1024}, 8, 2, 64, false}, {{2048}, 4, 1, 128, true}};
+  std::printf("| tokens | docs | Hq/Hkv | D | causal | twin fwd ms | sdpa fwd ms | twin fwd+bwd ms | sdpa fwd+bwd ms |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : shapes) {
+    const Packed p = pack(s.lens);
+    PackedSequences seqs{p.cu_host, p.cu_host, p.max_len};
+    at::Tensor q = at::randn({p.total, s.hq, s.d}), k = at::randn({p.total, s.hkv, s.d}),
+               v = at::randn({p.total, s.hkv, s.d}), dout = at::randn({p.total, s.hq, s.d});
+    double ms[2][2];
+    for (int which = 0; which < 2; ++which) {
+      const AttentionImpl impl = which == 0 ? AttentionImpl::Fused : AttentionImpl::Sdpa;
+      for (int with_bwd = 0; with_bwd < 2; ++with_bwd) {
+        auto step = [&] {
+          at::Tensor qg = q.detach().requires_grad_(with_bwd == 1), kg = k.detach().requires_grad_(with_bwd == 1),
+                     vg = v.detach().requires_grad_(with_bwd == 1);
+          at::Tensor out = varlen_attention(qg, kg, vg, seqs, 1.0 / std::sqrt(s.d), s.causal, impl);
+          if (with_bwd) torch::autograd::grad({out}, {qg, kg, vg}, {dout});
+        };
+        step();  // warm-up
+        const int reps = 3;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int r = 0; r < reps; ++r) step();
+        ms[which][with_bwd] =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+      }
+    }
+    std::printf("| %lld | %zu | %d/%d | %d | %d | %.1f | %.1f | %.1f | %.1f |\n", static_cast<long long>(p.total),
+                s.lens.size(), s.hq, s.hkv, s.d, s.causal, ms[0][0], ms[1][0], ms[0][1], ms[1][1]);
+  }
+}
+
+}  // namespace
+}  // namespace sft::kernels

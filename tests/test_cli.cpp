@@ -1,0 +1,1 @@
+// tests/test_cli.cpp: (placeholder until its area lands)

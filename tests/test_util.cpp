@@ -1,0 +1,82 @@
+// tests/test_util.cpp: implementation of the shared test helpers.
+#include "tests/test_util.h"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+namespace sft::test {
+namespace fs = std::filesystem;
+
+fs::path source_dir() { return fs::path(SFT_SOURCE_DIR); }
+
+fs::path golden_dir() {
+  const char* env = std::getenv("SFT_GOLDEN_DIR");
+  fs::path dir = env && *env ? fs::path(env) : source_dir() / ".cache" / "golden";
+  if (!fs::is_directory(dir)) {
+    throw std::runtime_error("golden data missing at " + dir.string() +
+                             ": run `bash scripts/test.sh` (it runs scripts/make_golden.py)");
+  }
+  return dir;
+}
+
+fs::path assets_dir() { return fs::weakly_canonical(source_dir() / ".." / "shared" / "assets"); }
+
+fs::path sft_binary() {
+  const char* env = std::getenv("SFT_BINARY");
+  return env && *env ? fs::path(env) : fs::path(SFT_BINARY);
+}
+
+TempDir::TempDir() {
+  std::random_device rd;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    fs::path candidate = fs::temp_directory_path() / ("sft_test_" + std::to_string(rd()));
+    if (fs::create_directory(candidate)) {
+      path_ = candidate;
+      return;
+    }
+  }
+  throw std::runtime_error("cannot create a temp dir");
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  fs::remove_all(path_, ignored);
+}
+
+RunResult run_command(const std::string& command_line) {
+  RunResult result;
+  std::string full = command_line + " 2>&1";
+  FILE* pipe = popen(full.c_str(), "r");
+  if (!pipe) throw std::runtime_error("popen failed: " + command_line);
+  std::array<char, 4096> buffer{};
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.output.append(buffer.data(), n);
+  int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace sft::test

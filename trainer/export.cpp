@@ -1,0 +1,138 @@
+// trainer/export.cpp: PEFT adapter save/load and tokenizer file copying.
+#include "trainer/export.h"
+
+#include <torch/torch.h>
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "common/errors.h"
+#include "model/safetensors.h"
+
+namespace sft {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+constexpr const char* kPeftPrefix = "base_model.model.";
+
+std::string module_leaf(const std::string& path) { return path.substr(path.rfind('.') + 1); }
+}  // namespace
+
+void save_peft_adapter(model::CausalLM& lm, const model::LoraSpec& spec, const std::string& base_model_path,
+                       const fs::path& out_dir) {
+  auto modules = model::lora_modules(lm);
+  if (modules.empty()) throw std::logic_error("save_peft_adapter: the model has no LoRA modules");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::set<std::string> targets;
+  for (const auto& [path, lora] : modules) {
+    tensors.emplace_back(kPeftPrefix + path + ".lora_A.weight", lora->lora_A->weight.detach().to(at::kCPU).contiguous());
+    tensors.emplace_back(kPeftPrefix + path + ".lora_B.weight", lora->lora_B->weight.detach().to(at::kCPU).contiguous());
+    targets.insert(module_leaf(path));
+  }
+  json config = {
+      {"peft_type", "LORA"},
+      {"task_type", "CAUSAL_LM"},
+      {"base_model_name_or_path", base_model_path},
+      {"r", spec.rank},
+      {"lora_alpha", spec.alpha},
+      {"lora_dropout", spec.dropout},
+      {"target_modules", std::vector<std::string>(targets.begin(), targets.end())},
+      {"use_rslora", spec.rslora},
+      {"bias", "none"},
+      {"fan_in_fan_out", false},
+      {"inference_mode", true},
+      {"init_lora_weights", true},
+      {"modules_to_save", nullptr},
+      {"use_dora", false},
+  };
+  const fs::path tmp = out_dir.string() + ".tmp";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  model::write_safetensors(tmp / "adapter_model.safetensors", tensors, {{"format", "pt"}});
+  {
+    std::ofstream out(tmp / "adapter_config.json");
+    out << config.dump(2) << "\n";
+    if (!out.flush()) throw std::runtime_error("cannot write " + (tmp / "adapter_config.json").string());
+  }
+  fs::remove_all(out_dir);
+  fs::rename(tmp, out_dir);
+}
+
+model::LoraSpec read_peft_adapter_config(const fs::path& dir) {
+  const fs::path path = dir / "adapter_config.json";
+  std::ifstream in(path);
+  if (!in) throw InputError(path.string() + ": cannot open (is '" + dir.string() + "' a PEFT adapter directory?)");
+  json config;
+  try {
+    config = json::parse(in);
+  } catch (const json::parse_error& e) {
+    throw InputError(path.string() + ": invalid JSON: " + e.what());
+  }
+  auto fail = [&](const std::string& what) -> void { throw InputError(path.string() + ": " + what); };
+  if (config.value("peft_type", "") != "LORA") fail("peft_type must be LORA");
+  if (!config.contains("r") || !config["r"].is_number_integer()) fail("key 'r' must be an integer");
+  model::LoraSpec spec;
+  spec.rank = config["r"].get<int64_t>();
+  spec.alpha = config.contains("lora_alpha") && config["lora_alpha"].is_number() ? config["lora_alpha"].get<double>() : 8.0;
+  spec.dropout = config.contains("lora_dropout") && config["lora_dropout"].is_number() ? config["lora_dropout"].get<double>() : 0.0;
+  spec.rslora = config.value("use_rslora", false);
+  if (config.value("use_dora", false)) fail("DoRA adapters are not supported");
+  const json& targets = config["target_modules"];
+  if (targets.is_array()) {
+    for (const json& t : targets) spec.targets.push_back(t.get<std::string>());
+  } else if (targets.is_string() && targets.get<std::string>() == "all-linear") {
+    spec.targets = {"all"};
+  } else {
+    fail("target_modules must be a list of module names");
+  }
+  if (spec.rank <= 0) fail("r must be > 0");
+  return spec;
+}
+
+model::LoraSpec load_peft_adapter(model::CausalLM& lm, const fs::path& dir) {
+  model::LoraSpec spec = read_peft_adapter_config(dir);
+  if (model::lora_modules(lm).empty()) model::apply_lora(lm, spec);
+  const fs::path file_path = dir / "adapter_model.safetensors";
+  if (!fs::exists(file_path)) throw InputError(file_path.string() + ": missing (adapter weights)");
+  auto file = model::SafetensorsFile::open(file_path);
+  std::set<std::string> used;
+  torch::NoGradGuard no_grad;
+  for (const auto& [path, lora] : model::lora_modules(lm)) {
+    for (auto [suffix, param] : {std::pair<const char*, at::Tensor>{".lora_A.weight", lora->lora_A->weight},
+                                 std::pair<const char*, at::Tensor>{".lora_B.weight", lora->lora_B->weight}}) {
+      // PEFT writes base_model.model.<path>; some tools keep the adapter name (".default").
+      std::string name = kPeftPrefix + path + suffix;
+      if (!file->find(name)) {
+        std::string with_default = kPeftPrefix + path + std::string(suffix).insert(std::string(suffix).rfind('.'), ".default");
+        if (file->find(with_default)) name = with_default;
+      }
+      const model::StTensorInfo* info = file->find(name);
+      if (!info) throw InputError(file_path.string() + ": missing tensor '" + name + "'");
+      if (info->shape != param.sizes().vec()) {
+        throw InputError(file_path.string() + ": tensor '" + name + "' has shape " + c10::str(c10::IntArrayRef(info->shape)) +
+                         " but the model expects " + c10::str(param.sizes()) + " (adapter made for another base model?)");
+      }
+      param.copy_(file->load(name, param.scalar_type()));
+      used.insert(name);
+    }
+  }
+  for (const model::StTensorInfo& info : file->header().tensors) {
+    if (!used.count(info.name)) {
+      throw InputError(file_path.string() + ": tensor '" + info.name +
+                       "' matches no adapted module of this model (different target modules or layers?)");
+    }
+  }
+  return spec;
+}
+
+void copy_tokenizer_files(const fs::path& from, const fs::path& to) {
+  for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                           "chat_template.jinja", "generation_config.json"}) {
+    if (fs::exists(from / name)) fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing);
+  }
+}
+
+}  // namespace sft

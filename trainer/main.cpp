@@ -1,0 +1,22 @@
+// trainer/main.cpp: the `sft` entry point. The only place errors become exit codes:
+// sft::InputError -> 2 (bad usage, config or input), any other exception -> 1.
+#include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "trainer/commands.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    return sft::run_sft(args);
+  } catch (const sft::InputError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,102 @@
+// trainer/optimizer.cpp: AdamW and gradient clipping, mirroring torch's reference formulas.
+#include "trainer/optimizer.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+#include <map>
+
+#include "common/errors.h"
+
+namespace sft {
+
+AdamW::AdamW(std::vector<NamedParameter> params, const AdamWOptions& options)
+    : params_(std::move(params)), options_(options) {
+  for (const NamedParameter& p : params_) {
+    exp_avg_.push_back(at::zeros_like(p.tensor, at::MemoryFormat::Preserve));
+    exp_avg_sq_.push_back(at::zeros_like(p.tensor, at::MemoryFormat::Preserve));
+  }
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  ++step_;
+  const double beta1 = options_.beta1, beta2 = options_.beta2;
+  const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step_));
+  const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step_));
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& param = params_[i].tensor;
+    const at::Tensor& grad = param.grad();
+    if (!grad.defined()) continue;
+    const double decay = params_[i].decay ? options_.weight_decay : 0.0;
+    if (decay != 0.0) param.mul_(1.0 - lr * decay);
+    exp_avg_[i].lerp_(grad, 1.0 - beta1);
+    exp_avg_sq_[i].mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
+    at::Tensor denom = (exp_avg_sq_[i].sqrt() / bias_correction2_sqrt).add_(options_.eps);
+    param.addcdiv_(exp_avg_[i], denom, -step_size);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (NamedParameter& p : params_) p.tensor.mutable_grad() = at::Tensor();
+}
+
+std::vector<std::pair<std::string, at::Tensor>> AdamW::state_tensors() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  out.emplace_back("step", at::tensor({step_}, at::kLong));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.emplace_back(params_[i].name + ".exp_avg", exp_avg_[i]);
+    out.emplace_back(params_[i].name + ".exp_avg_sq", exp_avg_sq_[i]);
+  }
+  return out;
+}
+
+void AdamW::load_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const std::string& label) {
+  std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
+  auto fetch = [&](const std::string& name, const at::Tensor& like) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) throw InputError(label + ": optimizer state lacks tensor '" + name + "'");
+    if (it->second.sizes() != like.sizes()) {
+      throw InputError(label + ": optimizer tensor '" + name + "' has the wrong shape");
+    }
+    return it->second.to(like.options());
+  };
+  auto step_it = by_name.find("step");
+  if (step_it == by_name.end()) throw InputError(label + ": optimizer state lacks 'step'");
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    exp_avg_[i].copy_(fetch(params_[i].name + ".exp_avg", exp_avg_[i]));
+    exp_avg_sq_[i].copy_(fetch(params_[i].name + ".exp_avg_sq", exp_avg_sq_[i]));
+  }
+  step_ = step_it->second.to(at::kLong).reshape({-1})[0].item<int64_t>();
+}
+
+at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> norms;
+  for (const NamedParameter& p : params) {
+    if (p.tensor.grad().defined()) norms.push_back(at::linalg_vector_norm(p.tensor.grad(), 2));
+  }
+  if (norms.empty()) return at::zeros({}, at::kFloat);
+  at::Tensor total = at::linalg_vector_norm(at::stack(norms), 2).to(at::kFloat);
+  if (max_norm > 0) {
+    at::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+    for (const NamedParameter& p : params) {
+      if (p.tensor.grad().defined()) p.tensor.mutable_grad().mul_(coef.to(p.tensor.grad().scalar_type()));
+    }
+  }
+  return total;
+}
+
+std::vector<NamedParameter> trainable_parameters(const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  std::vector<NamedParameter> out;
+  for (const auto& [name, tensor] : named) {
+    if (!tensor.requires_grad()) continue;
+    out.push_back({name, tensor, tensor.dim() >= 2});
+  }
+  return out;
+}
+
+}  // namespace sft

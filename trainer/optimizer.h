@@ -1,0 +1,52 @@
+// trainer/optimizer.h: AdamW with decoupled weight decay (the torch.optim.AdamW single-tensor update,
+// step for step) and global-norm gradient clipping (torch.nn.utils.clip_grad_norm_). Parameters are
+// named so the state can be saved as plain tensors (safetensors) and matched on load.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sft {
+
+struct NamedParameter {
+  std::string name;
+  at::Tensor tensor;
+  bool decay = true;  // false for norms and biases
+};
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<NamedParameter> params, const AdamWOptions& options);
+
+  // One update with learning rate `lr` from each parameter's .grad().
+  void step(double lr);
+  void zero_grad();  // sets grads to undefined (memory is released, as set_to_none=True)
+  int64_t steps_taken() const { return step_; }
+  const std::vector<NamedParameter>& parameters() const { return params_; }
+
+  // State as named tensors: "<param>.exp_avg", "<param>.exp_avg_sq", plus "step" (int64 scalar tensor).
+  std::vector<std::pair<std::string, at::Tensor>> state_tensors() const;
+  // Restores from state_tensors(); throws sft::InputError naming a missing or wrong-shaped entry.
+  void load_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const std::string& label);
+
+ private:
+  std::vector<NamedParameter> params_;
+  std::vector<at::Tensor> exp_avg_, exp_avg_sq_;  // fp32-or-param-dtype moments, like torch
+  AdamWOptions options_;
+  int64_t step_ = 0;
+};
+
+// Scales gradients so their global L2 norm is at most max_norm (if max_norm > 0). Returns the norm
+// before clipping as a 0-dim fp32 tensor on the parameters' device (no host sync here).
+at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_norm);
+
+// Splits trainable parameters: weight decay never applies to norms and biases (1-D tensors).
+std::vector<NamedParameter> trainable_parameters(const std::vector<std::pair<std::string, at::Tensor>>& named);
+
+}  // namespace sft

@@ -1,0 +1,114 @@
+// trainer/setup.cpp: runtime resolution, tokenizer/model loading and the fine-tuning transforms.
+#include "trainer/setup.h"
+
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "common/errors.h"
+#include "data/tokenized.h"
+#include "model/weights.h"
+#include "trainer/export.h"
+
+namespace sft {
+namespace fs = std::filesystem;
+
+Runtime resolve_runtime(const Config& config) {
+  Runtime runtime;
+  const bool cuda_available = torch::cuda::is_available();
+  if (config.train.device == "cuda") {
+    if (!cuda_available) throw InputError("train.device: cuda was requested but no CUDA device is available");
+    runtime.device = at::Device(at::kCUDA, 0);
+  } else if (config.train.device == "auto" && cuda_available) {
+    runtime.device = at::Device(at::kCUDA, 0);
+  }
+  if (config.model.dtype == "auto") {
+    runtime.dtype = runtime.device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  } else {
+    runtime.dtype = model::parse_dtype(config.model.dtype, "model.dtype");
+  }
+  runtime.attention = kernels::parse_attention_impl(config.model.attention);
+  runtime.gradient_checkpointing = config.model.gradient_checkpointing;
+  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  return runtime;
+}
+
+fs::path tokenizer_dir(const Config& config) {
+  return config.tokenizer.path ? fs::path(*config.tokenizer.path) : fs::path(config.model.path);
+}
+
+std::unique_ptr<data::Tokenizer> load_run_tokenizer(const Config& config) {
+  return data::load_tokenizer(tokenizer_dir(config));
+}
+
+data::PreparedData load_run_data(const Config& config, const data::Tokenizer* tokenizer, int64_t model_vocab_size) {
+  const uint64_t seed = static_cast<uint64_t>(config.train.seed);
+  if (config.data.format == "tokenized") return data::prepare_tokenized_data(config.data, seed, model_vocab_size);
+  if (!tokenizer) throw std::logic_error("load_run_data: a tokenizer is required for text formats");
+  return data::prepare_data(config.data, *tokenizer, seed, model_vocab_size, tokenizer_dir(config));
+}
+
+std::unique_ptr<data::Tokenizer> load_tokenizer_if_needed(const Config& config) {
+  if (config.data.format == "tokenized") return nullptr;
+  return load_run_tokenizer(config);
+}
+
+int32_t run_pad_id(const data::Tokenizer* tokenizer) {
+  return tokenizer ? data::default_pad_id(*tokenizer) : 0;  // padding never carries targets
+}
+
+model::LoraSpec lora_spec_from(const Config& config) {
+  const LoraOptions& o = config.finetune.lora;
+  return model::LoraSpec{o.r, o.alpha, o.dropout, o.rslora, o.targets};
+}
+
+model::FreezeSpec freeze_spec_from(const Config& config) {
+  const FreezeOptions& o = config.finetune.freeze;
+  return model::FreezeSpec{o.trainable_layers.count, o.trainable_layers.indices, o.trainable_modules, o.extra_modules};
+}
+
+std::string TrainableSummary::describe() const {
+  char text[160];
+  std::snprintf(text, sizeof(text), "trainable params: %lld / %lld (%.4f%%)", static_cast<long long>(trainable),
+                static_cast<long long>(total), total ? 100.0 * trainable / total : 0.0);
+  return text;
+}
+
+TrainableSummary count_parameters(model::CausalLM& lm) {
+  TrainableSummary summary;
+  for (const auto& p : lm->parameters()) {
+    summary.total += p.numel();
+    if (p.requires_grad()) summary.trainable += p.numel();
+  }
+  return summary;
+}
+
+TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config) {
+  const std::string& method = config.finetune.method;
+  if (method == "lora") {
+    model::LoraSpec spec = lora_spec_from(config);
+    model::apply_lora(lm, spec);
+    if (config.finetune.lora.init_from) {
+      model::LoraSpec loaded = load_peft_adapter(lm, *config.finetune.lora.init_from);
+      if (loaded.rank != spec.rank) {
+        throw InputError("finetune.lora.init_from: adapter rank " + std::to_string(loaded.rank) +
+                         " differs from finetune.lora.r " + std::to_string(spec.rank));
+      }
+    }
+    // Adapters always train in fp32 (master weights), whatever the base dtype.
+    for (auto& [path, lora] : model::lora_modules(lm)) {
+      lora->lora_A->weight.set_data(lora->lora_A->weight.to(at::kFloat));
+      lora->lora_B->weight.set_data(lora->lora_B->weight.to(at::kFloat));
+    }
+  } else if (method == "freeze") {
+    model::apply_freeze(lm, freeze_spec_from(config));
+  } else {
+    for (auto& p : lm->parameters()) p.set_requires_grad(true);
+  }
+  return count_parameters(lm);
+}
+
+}  // namespace sft

@@ -1,0 +1,13 @@
+# trainer/: config, command line, commands, the training loop, checkpoints, metrics.
+set(SFT_TRAINER_SOURCES
+  trainer/config.cpp
+  trainer/cli.cpp
+  trainer/commands.cpp
+  trainer/setup.cpp
+  trainer/optimizer.cpp
+  trainer/evaluate.cpp
+  trainer/metrics.cpp
+  trainer/export.cpp
+  trainer/train.cpp
+)
+list(APPEND SFT_TRAINER_SOURCES trainer/generate_command.cpp)  # sft generate
