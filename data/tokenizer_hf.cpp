@@ -55,8 +55,9 @@ struct Piece {
   std::string_view view() const { return std::string_view(t->s).substr(a, b - a); }
 };
 
-// Replaces bytes [pos, pos+len) of t with `with`; the new bytes all stand for the replaced range
-// (an insertion, len == 0, stands for the empty range where it happened).
+// Replaces bytes [pos, pos+len) of t with `with`; the new bytes all stand for the replaced range.
+// An insertion (len == 0: a prepended "▁" or " ") stands for the empty range where it happened, so a
+// token made only of inserted text covers no input.
 void splice(NormText& t, size_t pos, size_t len, std::string_view with) {
   t.materialize();
   uint32_t b, e;
@@ -346,7 +347,7 @@ class HfTokenizer final : public TokenizerBase {
   void load_normalizer(const json& j, std::vector<Normalizer>& out);
   void load_pre_tokenizer(const json& j);
   void load_decoder(const json& j);
-  void load_post_processor(const json& j, const std::string& bos_text);
+  void load_post_processor(const json& j);
 
   void normalize(NormText& t) const {
     for (const auto& n : normalizers_) apply(n, t);
@@ -417,7 +418,7 @@ HfTokenizer::HfTokenizer(const std::filesystem::path& path) : file_(path.string(
       }
     }
     if (root.contains("post_processor") && !root["post_processor"].is_null()) {
-      load_post_processor(root["post_processor"], "");
+      load_post_processor(root["post_processor"]);
     }
   } catch (const json::exception& e) {
     bad(file_, std::string("unexpected JSON structure: ") + e.what());
@@ -693,10 +694,10 @@ void HfTokenizer::load_decoder(const json& j) {
   decoders_.push_back(std::move(d));
 }
 
-void HfTokenizer::load_post_processor(const json& j, const std::string& bos_text) {
+void HfTokenizer::load_post_processor(const json& j) {
   std::string type = j.value("type", "");
   if (type == "Sequence" && j.contains("processors")) {
-    for (const json& p : j["processors"]) load_post_processor(p, bos_text);
+    for (const json& p : j["processors"]) load_post_processor(p);
   } else if (type == "TemplateProcessing" && j.contains("single") && j["single"].is_array()) {
     const json& single = j["single"];
     // A SpecialToken before the sequence means BOS is added, one after it means EOS is added.

@@ -3,6 +3,7 @@
 set(SFT_PYTHON_TESTS
   tests/python/test_real_model.py
   tests/python/test_generate_reference.py
+  tests/python/test_export_reference.py
 )
 foreach(py_test ${SFT_PYTHON_TESTS})
   get_filename_component(py_name ${py_test} NAME_WE)

@@ -12,3 +12,4 @@ set(SFT_TEST_SOURCES
   tests/test_cli.cpp
 )
 list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp)
+list(APPEND SFT_TEST_SOURCES tests/test_checkpoint.cpp)

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -144,12 +145,29 @@ TEST_P(TokenizerGolden, DecodeMatchesReferenceAndRoundTrips) {
                                  << first_bad;
   EXPECT_EQ(roundtrip_ok, roundtrip_total) << name << ": decode(encode(x)) == x for " << rate(roundtrip_ok, roundtrip_total)
                                            << " of the strings the reference round-trips; first: " << first_rt_bad;
-  EXPECT_GT(roundtrip_total, golden.size() * 8 / 10);  // the corpus is mostly round-trippable text
+  // The corpus is mostly round-trippable text for the real tokenizers (the variants rewrite it on purpose).
+  if (!is_variant(name)) {
+    EXPECT_GT(roundtrip_total, golden.size() * 8 / 10) << name;
+  }
 }
+
+// GPT-2 byte-level alphabet: printable bytes are themselves, the others are U+0100 + n in byte order.
+struct ByteAlphabet {
+  std::array<uint32_t, 256> to_char{};
+  std::map<uint32_t, char> to_byte;
+  ByteAlphabet() {
+    uint32_t n = 0;
+    for (uint32_t b = 0; b < 256; ++b) {
+      bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+      to_char[b] = printable ? b : 256 + n++;
+      to_byte[to_char[b]] = static_cast<char>(b);
+    }
+  }
+};
 
 // The raw bytes a token stands for: byte-level alphabet chars -> bytes, SentencePiece "▁" -> space
 // and <0xNN> -> the byte. Used to check that each token's offsets point at its own text.
-std::string token_bytes(const Tokenizer& tok, int32_t id, bool byte_level) {
+std::string token_bytes(const Tokenizer& tok, int32_t id, bool byte_level, const ByteAlphabet& alphabet) {
   std::string t = tok.id_to_token(id);
   std::string out;
   if (byte_level) {
@@ -157,17 +175,7 @@ std::string token_bytes(const Tokenizer& tok, int32_t id, bool byte_level) {
       size_t len;
       uint32_t cp = unicode::decode_utf8(t.data() + i, t.size() - i, &len);
       i += len;
-      // GPT-2 alphabet: printable bytes are themselves, the others are U+0100 + n in byte order.
-      if ((cp >= '!' && cp <= '~') || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE && cp <= 0xFF)) {
-        out.push_back(static_cast<char>(cp));
-      } else {
-        uint32_t n = cp - 256, b = 0;
-        for (; b < 256; ++b) {
-          bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-          if (!printable && n-- == 0) break;
-        }
-        out.push_back(static_cast<char>(b));
-      }
+      out.push_back(alphabet.to_byte.at(cp));
     }
     return out;
   }
@@ -188,6 +196,7 @@ TEST_P(TokenizerGolden, OffsetsTileTheInput) {
   const Tokenizer& tok = shared_tokenizer(name);
   const bool byte_level = name.rfind("qwen3", 0) == 0 || name.rfind("llama3", 0) == 0 || name == "smollm2";
   auto golden = read_golden(name);
+  const ByteAlphabet alphabet;
   size_t checked_pieces = 0, strings_with_exact_pieces = 0;
   for (const auto& g : golden) {
     Encoding enc = tok.encode(g.text);
@@ -195,34 +204,51 @@ TEST_P(TokenizerGolden, OffsetsTileTheInput) {
     if (enc.ids.empty()) continue;
     const auto& off = enc.offsets;
     const std::string where = name + " " + json(g.text).dump();
-    // Monotone, inside the text, no gaps: together the tokens cover every input byte once in order.
-    ASSERT_EQ(off.front().first, 0u) << where;
-    ASSERT_EQ(off.back().second, g.text.size()) << where;
+    // A gap is allowed only where the model silently drops bytes it has no symbol for (no unk, no
+    // byte fallback: SmolLM2 lacks some byte-level symbols).
+    auto check_gap = [&](size_t from, size_t to, size_t token) {
+      for (size_t gap = from; gap < to; ++gap) {
+        ASSERT_TRUE(byte_level) << where << " gap before token " << token;
+        std::string symbol;
+        unicode::append_utf8(symbol, alphabet.to_char[static_cast<unsigned char>(g.text[gap])]);
+        ASSERT_FALSE(tok.token_to_id(symbol).has_value()) << where << " gap before token " << token;
+      }
+    };
+    // Monotone, inside the text, no gaps: together the tokens cover every input byte in order.
+    check_gap(0, off.front().first, 0);
+    check_gap(off.back().second, g.text.size(), off.size());
+    ASSERT_LE(off.back().second, g.text.size()) << where;
     for (size_t i = 0; i < off.size(); ++i) {
       ASSERT_LE(off[i].first, off[i].second) << where << " token " << i;
       if (i == 0) continue;
       ASSERT_LE(off[i - 1].first, off[i].first) << where << " token " << i;
-      ASSERT_LE(off[i - 1].second, off[i].second) << where << " token " << i;
-      ASSERT_LE(off[i].first, off[i - 1].second) << where << " gap before token " << i;
+      // Ends are monotone too, except in the variant that inserts a prefix space inside NFKD output.
+      if (!is_variant(name)) {
+        ASSERT_LE(off[i - 1].second, off[i].second) << where << " token " << i;
+      }
+      check_gap(off[i - 1].second, off[i].first, i);
     }
     // Where no normalization rewrote the text, tokens tile it exactly and each covers its own bytes.
     std::string concat;
     std::vector<std::string> pieces;
     for (int32_t id : enc.ids) {
-      pieces.push_back(tok.is_special(id) ? tok.id_to_token(id) : token_bytes(tok, id, byte_level));
+      pieces.push_back(tok.is_special(id) ? tok.id_to_token(id) : token_bytes(tok, id, byte_level, alphabet));
       concat += pieces.back();
     }
-    if (!byte_level) continue;  // SentencePiece-style pieces carry the dummy prefix; covered above
+    // SentencePiece-style pieces carry the dummy prefix, and the variants rewrite text: covered above.
+    if (!byte_level || is_variant(name)) continue;
     if (concat != g.text) continue;
     ++strings_with_exact_pieces;
     for (size_t i = 0; i < off.size(); ++i) {
-      if (i) ASSERT_EQ(off[i].first, off[i - 1].second) << where << " token " << i;
+      if (i) {
+        ASSERT_EQ(off[i].first, off[i - 1].second) << where << " token " << i;
+      }
       if (tok.is_special(enc.ids[i])) continue;
       ASSERT_EQ(g.text.substr(off[i].first, off[i].second - off[i].first), pieces[i]) << where << " token " << i;
       ++checked_pieces;
     }
   }
-  if (byte_level) {
+  if (byte_level && !is_variant(name)) {
     EXPECT_GT(strings_with_exact_pieces, golden.size() / 2) << name;
     EXPECT_GT(checked_pieces, 100000u) << name;
   }
@@ -253,7 +279,9 @@ TEST_P(TokenizerMeta, SpecialTokensMatchTransformers) {
   EXPECT_EQ(sp.add_eos, meta["add_eos"].get<bool>()) << name;
   EXPECT_EQ(tok.vocab_size(), meta["vocab_size"].get<int64_t>()) << name;
   EXPECT_EQ(tok.chat_template().has_value(), meta["has_chat_template"].get<bool>()) << name;
-  if (sp.bos) EXPECT_EQ(tok.token_to_id(sp.bos_text), sp.bos) << name;
+  if (sp.bos) {
+    EXPECT_EQ(tok.token_to_id(sp.bos_text), sp.bos) << name;
+  }
   if (sp.eos) {
     EXPECT_EQ(tok.token_to_id(sp.eos_text), sp.eos) << name;
     EXPECT_TRUE(tok.is_special(*sp.eos)) << name;

@@ -13,6 +13,8 @@
 #include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/generate_command.h"
+#include "trainer/merge_command.h"
+#include "trainer/eval_command.h"
 #include "trainer/train.h"
 
 namespace sft {
@@ -31,13 +33,18 @@ const std::vector<CommandInfo>& command_table() {
   static const std::vector<CommandInfo> table = {
       {"train", command_train, "sft train CONFIG.yaml [key.sub=value ...] [--force]",
        "fine-tune (LoRA, freeze or full) as the config says; outputs in output_dir"},
+      {"eval", command_eval, "sft eval CONFIG.yaml [--checkpoint DIR | --adapter DIR] [--out DIR] [key.sub=value ...]",
+       "score the held-out set: loss, perplexity, token accuracy (+ exact match with eval.generate)"},
+      {"data", command_data, "sft data CONFIG.yaml [--out FILE.jsonl] [--show N] [key.sub=value ...]",
+       "run the data pipeline only: data report, tokenized examples, mask audit"},
       {"inspect", command_inspect, "sft inspect PATH", "list the tensors of a .safetensors file or an HF model directory"},
       {"logits", command_logits,
        "sft logits --model DIR --ids 1,2,3 [--dtype float32] [--attention auto] [--out FILE.safetensors]",
        "load a model and print the logits and next-token loss of a token sequence"},
       {"generate", command_generate,
-       "sft generate --model DIR [--adapter DIR] [--template NAME] (--prompt TEXT | --input FILE.jsonl | --prompt-ids 1,2,3) [--temperature T] [--top-p P] [--top-k K] [--max-new-tokens N] [--seed S] [--system TEXT] [--out FILE] [--no-cache]",
+       "sft generate --model DIR [--adapter DIR] [--template NAME] (--prompt TEXT | --input FILE.jsonl | --prompt-ids 1,2,3) [--temperature T] [--top-p P] [--top-k K] [--max-new-tokens N] [--seed S] [--system TEXT] [--out FILE] [--threads N] [--no-cache] [--ignore-eos]",
        "decode with a KV cache (greedy by default): stream text, print ids or write JSONL"},
+      {"merge", command_merge, "sft merge --model DIR --adapter DIR --out DIR [--dtype bfloat16] [--shard-size BYTES] [--force]", "fold a LoRA adapter into its base model and write an HF model directory"},
       {"help", command_help, "sft help [command|config]", "this help; `sft help config` lists every config key"},
   };
   return table;

@@ -30,7 +30,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: sft generate --model DIR [--adapter DIR] [--template NAME] (--prompt TEXT | --input FILE.jsonl | "
     "--prompt-ids 1,2,3) [--temperature T] [--top-p P] [--top-k K] [--max-new-tokens N] [--seed S] "
-    "[--system TEXT] [--out FILE] [--tokenizer DIR] [--dtype float32] [--attention auto] [--no-cache]";
+    "[--system TEXT] [--out FILE] [--tokenizer DIR] [--dtype float32] [--attention auto] [--threads N] [--no-cache] [--ignore-eos]";
 
 std::string string_field(const json& object, const std::string& key, const std::string& source) {
   auto it = object.find(key);
@@ -240,8 +240,8 @@ int command_generate(const std::vector<std::string>& args) {
   CommandLine cli("generate", args,
                   {"--model", "--adapter", "--template", "--prompt", "--prompt-ids", "--input", "--temperature",
                    "--top-p", "--top-k", "--max-new-tokens", "--seed", "--system", "--out", "--tokenizer", "--dtype",
-                   "--attention"},
-                  {"--no-cache"});
+                   "--attention", "--threads"},
+                  {"--no-cache", "--ignore-eos"});
   if (!cli.positional().empty()) throw InputError("sft generate: unexpected argument '" + cli.positional()[0] + "'\n" + kUsage);
   const fs::path model_dir = cli.required("--model");
   if (!fs::is_directory(model_dir)) throw InputError("--model: " + model_dir.string() + " is not a directory");
@@ -268,6 +268,9 @@ int command_generate(const std::vector<std::string>& args) {
   if (seed < 0) throw InputError("--seed must be >= 0");
   options.seed = static_cast<uint64_t>(seed);
   const at::ScalarType dtype = model::parse_dtype(cli.value("--dtype").value_or("float32"), "--dtype");
+  const int64_t threads = cli.integer("--threads", 0);  // 0: LibTorch's default (all cores)
+  if (threads < 0) throw InputError("--threads must be >= 0 (0 = all cores)");
+  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
 
   // The tokenizer: required for text prompts; optional with --prompt-ids (adds its stop ids and text).
   const fs::path tokenizer_dir = cli.value("--tokenizer").value_or(model_dir.string());
@@ -282,7 +285,8 @@ int command_generate(const std::vector<std::string>& args) {
     load_peft_adapter(lm, *adapter);
   }
   lm->eval();
-  options.stop_ids = model::default_stop_ids(lm->config(), tokenizer.get());
+  // --ignore-eos (benchmarks): always decode max_new_tokens.
+  if (!cli.has("--ignore-eos")) options.stop_ids = model::default_stop_ids(lm->config(), tokenizer.get());
   const int64_t vocab = lm->config().vocab_size;
 
   std::unique_ptr<std::ofstream> out_file;

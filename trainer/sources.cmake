@@ -9,5 +9,7 @@ set(SFT_TRAINER_SOURCES
   trainer/metrics.cpp
   trainer/export.cpp
   trainer/train.cpp
+  trainer/eval_command.cpp
 )
 list(APPEND SFT_TRAINER_SOURCES trainer/generate_command.cpp)  # sft generate
+list(APPEND SFT_TRAINER_SOURCES trainer/checkpoint.cpp trainer/merge_command.cpp)  # checkpoints, sft merge

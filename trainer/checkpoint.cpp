@@ -1,0 +1,455 @@
+// trainer/checkpoint.cpp: atomic checkpoint writes (temp dir + fsync + rename, manifest last), discovery
+// of complete checkpoints, manifest verification, pruning, the run fingerprint and RNG state capture.
+// SHA-256 is implemented here (FIPS 180-4) so the build needs no crypto library for integrity hashes.
+#include "trainer/checkpoint.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <regex>
+
+#include "common/errors.h"
+#include "model/safetensors.h"
+#include "trainer/setup.h"
+
+namespace sft {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// ---- SHA-256 -----------------------------------------------------------------------------------------
+class Sha256 {
+ public:
+  void update(const uint8_t* data, size_t size) {
+    total_ += size;
+    while (size > 0) {
+      const size_t take = std::min(size, 64 - fill_);
+      std::memcpy(block_.data() + fill_, data, take);
+      fill_ += take;
+      data += take;
+      size -= take;
+      if (fill_ == 64) {
+        compress(block_.data());
+        fill_ = 0;
+      }
+    }
+  }
+  std::string hex() {
+    const uint64_t bits = total_ * 8;
+    const uint8_t pad = 0x80;
+    update(&pad, 1);
+    const uint8_t zero = 0;
+    while (fill_ != 56) update(&zero, 1);
+    uint8_t length[8];
+    for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
+    update(length, 8);
+    static const char* digits = "0123456789abcdef";
+    std::string out;
+    for (uint32_t word : h_) {
+      for (int shift = 28; shift >= 0; shift -= 4) out.push_back(digits[(word >> shift) & 0xF]);
+    }
+    return out;
+  }
+
+ private:
+  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+  void compress(const uint8_t* p) {
+    static constexpr uint32_t k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i) {
+      w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) | (uint32_t(p[4 * i + 2]) << 8) | p[4 * i + 3];
+    }
+    for (int i = 16; i < 64; ++i) {
+      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
+    for (int i = 0; i < 64; ++i) {
+      const uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      h = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    }
+    h_[0] += a, h_[1] += b, h_[2] += c, h_[3] += d, h_[4] += e, h_[5] += f, h_[6] += g, h_[7] += h;
+  }
+  std::array<uint32_t, 8> h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  std::array<uint8_t, 64> block_{};
+  size_t fill_ = 0;
+  uint64_t total_ = 0;
+};
+
+// ---- durable writes ------------------------------------------------------------------------------------
+
+std::string errno_text() { return std::strerror(errno); }
+
+void fsync_path(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open for fsync: " + errno_text());
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(path.string() + ": fsync failed: " + std::strerror(saved));
+}
+
+void write_file_synced(const fs::path& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error(path.string() + ": cannot create: " + errno_text());
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string why = errno_text();
+      ::close(fd);
+      throw std::runtime_error(path.string() + ": write failed: " + why);
+    }
+    done += static_cast<size_t>(n);
+  }
+  const int rc = ::fsync(fd);
+  const std::string why = rc != 0 ? errno_text() : "";
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(path.string() + ": fsync failed: " + why);
+}
+
+// The byte budget of SFT_TEST_FAIL_WRITE_AFTER_BYTES: every file of a checkpoint is charged after it is
+// written; the one that crosses the budget is cut to what still fitted and the save fails as ENOSPC.
+class WriteBudget {
+ public:
+  WriteBudget() {
+    if (const char* env = std::getenv("SFT_TEST_FAIL_WRITE_AFTER_BYTES")) remaining_ = std::stoll(env);
+  }
+  void charge(const fs::path& file) {
+    if (remaining_ < 0) return;
+    const int64_t size = static_cast<int64_t>(fs::file_size(file));
+    if (size > remaining_) {
+      fs::resize_file(file, static_cast<uintmax_t>(remaining_));
+      throw std::runtime_error(file.string() + ": write failed: " + std::strerror(ENOSPC) +
+                               " (injected by SFT_TEST_FAIL_WRITE_AFTER_BYTES)");
+    }
+    remaining_ -= size;
+  }
+
+ private:
+  int64_t remaining_ = -1;  // < 0: no injection
+};
+
+std::string step_dir_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
+  return name;
+}
+
+std::optional<int64_t> parse_step_dir(const std::string& name) {
+  static const std::regex pattern("step-([0-9]+)");
+  std::smatch match;
+  if (!std::regex_match(name, match, pattern)) return std::nullopt;
+  return std::stoll(match[1].str());
+}
+
+json read_json_file(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError(path.string() + ": cannot open");
+  try {
+    return json::parse(in);
+  } catch (const json::parse_error& e) {
+    throw InputError(path.string() + ": invalid JSON: " + e.what());
+  }
+}
+
+bool manifest_parses(const fs::path& dir) {
+  std::ifstream in(dir / kCheckpointManifest);
+  if (!in) return false;
+  json manifest = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return manifest.is_object() && manifest.contains("files") && manifest["files"].is_object();
+}
+
+NamedTensors read_all_tensors(const fs::path& path) {
+  auto file = model::SafetensorsFile::open(path);
+  NamedTensors tensors;
+  for (const model::StTensorInfo& info : file->header().tensors) {
+    tensors.emplace_back(info.name, file->load(info.name, model::to_scalar_type(info.dtype)));
+  }
+  return tensors;
+}
+
+std::string to_hex(const uint8_t* data, size_t size) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(size * 2);
+  for (size_t i = 0; i < size; ++i) {
+    out.push_back(digits[data[i] >> 4]);
+    out.push_back(digits[data[i] & 0xF]);
+  }
+  return out;
+}
+
+at::Tensor from_hex(const std::string& hex, const std::string& label) {
+  auto value = [&](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    throw InputError(label + ": RNG state is not lowercase hex");
+  };
+  if (hex.size() % 2) throw InputError(label + ": RNG state has an odd number of hex digits");
+  at::Tensor out = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
+  uint8_t* p = out.data_ptr<uint8_t>();
+  for (size_t i = 0; i < hex.size() / 2; ++i) p[i] = static_cast<uint8_t>(value(hex[2 * i]) * 16 + value(hex[2 * i + 1]));
+  return out;
+}
+
+std::string generator_state_hex(at::Generator gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  at::Tensor state = gen.get_state().contiguous();
+  return to_hex(state.data_ptr<uint8_t>(), static_cast<size_t>(state.numel()));
+}
+
+}  // namespace
+
+std::string sha256_hex(const void* data, size_t size) {
+  Sha256 hash;
+  hash.update(static_cast<const uint8_t*>(data), size);
+  return hash.hex();
+}
+
+std::string sha256_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string() + ": cannot open to hash");
+  Sha256 hash;
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    hash.update(reinterpret_cast<const uint8_t*>(buffer.data()), static_cast<size_t>(in.gcount()));
+  }
+  return hash.hex();
+}
+
+std::string optimizer_shard_name(int64_t rank) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "optimizer/rank-%05lld.safetensors", static_cast<long long>(rank));
+  return name;
+}
+
+fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointContents& contents) {
+  fs::create_directories(checkpoints_dir);
+  const fs::path final_dir = checkpoints_dir / step_dir_name(contents.step);
+  const fs::path tmp = checkpoints_dir / (step_dir_name(contents.step) + ".tmp-" + std::to_string(::getpid()));
+  WriteBudget budget;
+  try {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp / "optimizer");
+    json files = json::object();
+    auto record = [&](const std::string& relative) {
+      const fs::path path = tmp / relative;
+      budget.charge(path);
+      files[relative] = {{"size", fs::file_size(path)}, {"sha256", sha256_file(path)}};
+    };
+    model::write_safetensors(tmp / kCheckpointWeights, contents.weights, {{"format", "pt"}});
+    record(kCheckpointWeights);
+    model::write_safetensors(tmp / optimizer_shard_name(0), contents.optimizer);
+    record(optimizer_shard_name(0));
+    write_file_synced(tmp / kCheckpointState, contents.trainer_state.dump(2) + "\n");
+    record(kCheckpointState);
+    fsync_path(tmp / "optimizer");
+    // The manifest last: its presence is what makes the directory a checkpoint.
+    const json manifest = {{"format", "sft-checkpoint"}, {"version", 1}, {"step", contents.step}, {"files", files}};
+    write_file_synced(tmp / kCheckpointManifest, manifest.dump(2) + "\n");
+    budget.charge(tmp / kCheckpointManifest);
+    fsync_path(tmp);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an incomplete leftover of the same step
+    fs::rename(tmp, final_dir);
+    fsync_path(checkpoints_dir);
+  } catch (const std::exception& e) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    throw std::runtime_error("checkpoint " + final_dir.string() + " was not saved: " + e.what() +
+                             " (earlier checkpoints are intact)");
+  }
+  return final_dir;
+}
+
+std::vector<CheckpointEntry> list_complete_checkpoints(const fs::path& checkpoints_dir) {
+  std::vector<CheckpointEntry> out;
+  if (!fs::is_directory(checkpoints_dir)) return out;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
+    if (!entry.is_directory()) continue;
+    const auto step = parse_step_dir(entry.path().filename().string());
+    if (step && manifest_parses(entry.path())) out.push_back({*step, entry.path()});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.step < b.step; });
+  return out;
+}
+
+std::optional<CheckpointEntry> newest_complete_checkpoint(const fs::path& checkpoints_dir) {
+  auto all = list_complete_checkpoints(checkpoints_dir);
+  if (all.empty()) return std::nullopt;
+  return all.back();
+}
+
+void prune_checkpoints(const fs::path& checkpoints_dir, int64_t keep_last) {
+  if (!fs::is_directory(checkpoints_dir)) return;
+  const auto complete = list_complete_checkpoints(checkpoints_dir);
+  std::vector<fs::path> doomed;
+  const size_t keep = keep_last <= 0 ? complete.size() : std::max<size_t>(1, static_cast<size_t>(keep_last));
+  for (size_t i = 0; i + keep < complete.size(); ++i) doomed.push_back(complete[i].path);
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
+    if (!entry.is_directory()) continue;
+    const std::string name = entry.path().filename().string();
+    const bool incomplete_step = parse_step_dir(name) && !manifest_parses(entry.path());
+    const bool temp = name.rfind("step-", 0) == 0 && name.find(".tmp-") != std::string::npos;
+    if (incomplete_step || temp) doomed.push_back(entry.path());
+  }
+  for (const fs::path& path : doomed) fs::remove_all(path);
+}
+
+void verify_checkpoint(const fs::path& dir) {
+  const fs::path manifest_path = dir / kCheckpointManifest;
+  if (!fs::exists(manifest_path)) {
+    throw InputError(manifest_path.string() + ": missing: '" + dir.string() +
+                     "' is not a complete checkpoint (an interrupted save?)");
+  }
+  const json manifest = read_json_file(manifest_path);
+  if (!manifest.contains("files") || !manifest["files"].is_object()) {
+    throw InputError(manifest_path.string() + ": no 'files' object");
+  }
+  for (const char* required : {kCheckpointWeights, kCheckpointState}) {
+    if (!manifest["files"].contains(required)) throw InputError(manifest_path.string() + ": does not list " + required);
+  }
+  for (const auto& [relative, expected] : manifest["files"].items()) {
+    const fs::path path = dir / relative;
+    if (relative.find("..") != std::string::npos || fs::path(relative).is_absolute()) {
+      throw InputError(manifest_path.string() + ": file name '" + relative + "' leaves the checkpoint directory");
+    }
+    if (!fs::exists(path)) throw InputError(path.string() + ": missing (listed in " + manifest_path.string() + ")");
+    const auto size = fs::file_size(path);
+    if (size != expected.at("size").get<uintmax_t>()) {
+      throw InputError(path.string() + ": " + std::to_string(size) + " bytes, but the manifest says " +
+                       std::to_string(expected.at("size").get<uintmax_t>()) + " (truncated or corrupted checkpoint)");
+    }
+    if (sha256_file(path) != expected.at("sha256").get<std::string>()) {
+      throw InputError(path.string() + ": sha256 differs from the manifest (corrupted checkpoint)");
+    }
+  }
+}
+
+CheckpointContents read_checkpoint(const fs::path& dir, int64_t rank) {
+  verify_checkpoint(dir);
+  CheckpointContents contents;
+  const fs::path state_path = dir / kCheckpointState;
+  contents.trainer_state = read_json_file(state_path);
+  if (!contents.trainer_state.contains("global_step") || !contents.trainer_state["global_step"].is_number_integer()) {
+    throw InputError(state_path.string() + ": missing integer 'global_step'");
+  }
+  contents.step = contents.trainer_state["global_step"].get<int64_t>();
+  const int64_t world_size = contents.trainer_state.value("world_size", int64_t{1});
+  if (world_size != 1) {
+    throw InputError(state_path.string() + ": saved with world_size " + std::to_string(world_size) +
+                     "; this build resumes single-process checkpoints only");
+  }
+  contents.weights = read_all_tensors(dir / kCheckpointWeights);
+  const fs::path shard = dir / optimizer_shard_name(rank);
+  if (!fs::exists(shard)) throw InputError(shard.string() + ": missing (optimizer state)");
+  contents.optimizer = read_all_tensors(shard);
+  return contents;
+}
+
+json run_fingerprint(const Config& config) {
+  json fp;
+  const fs::path model_config = fs::path(config.model.path) / "config.json";
+  fp["model_config"] = {{"path", model_config.string()}, {"sha256", sha256_file(model_config)}};
+  json tokenizer = json::object();
+  if (config.data.format != "tokenized") {
+    const fs::path dir = tokenizer_dir(config);
+    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                             "chat_template.jinja"}) {
+      if (fs::exists(dir / name)) tokenizer[name] = sha256_file(dir / name);
+    }
+  }
+  fp["tokenizer_files"] = tokenizer;
+  fp["chat_template"] = config.data.chat_template;
+  fp["data_format"] = config.data.format;
+  json data = json::array();
+  for (const std::string& file : config.data.train) data.push_back({{"path", file}, {"sha256", sha256_file(file)}});
+  fp["data_train"] = data;
+  fp["data_eval"] = config.data.eval ? json{{"path", *config.data.eval}, {"sha256", sha256_file(*config.data.eval)}}
+                                     : json(nullptr);
+  return fp;
+}
+
+std::vector<std::string> fingerprint_differences(const json& saved, const json& current) {
+  std::vector<std::string> out;
+  auto sha = [](const json& j) { return j.is_object() ? j.value("sha256", std::string()) : std::string(); };
+  if (sha(saved.value("model_config", json())) != sha(current["model_config"])) {
+    out.push_back("model config.json (" + current["model_config"]["path"].get<std::string>() + ") changed");
+  }
+  if (saved.value("tokenizer_files", json::object()) != current["tokenizer_files"]) out.push_back("tokenizer files changed");
+  if (saved.value("chat_template", std::string()) != current["chat_template"].get<std::string>()) {
+    out.push_back("data.template changed from '" + saved.value("chat_template", std::string()) + "' to '" +
+                  current["chat_template"].get<std::string>() + "'");
+  }
+  if (saved.value("data_format", std::string()) != current["data_format"].get<std::string>()) {
+    out.push_back("data.format changed");
+  }
+  const json saved_train = saved.value("data_train", json::array());
+  const json& now_train = current["data_train"];
+  if (saved_train.size() != now_train.size()) {
+    out.push_back("the number of data.train files changed (" + std::to_string(saved_train.size()) + " -> " +
+                  std::to_string(now_train.size()) + ")");
+  } else {
+    for (size_t i = 0; i < now_train.size(); ++i) {
+      if (sha(saved_train[i]) != sha(now_train[i])) {
+        out.push_back("data file " + now_train[i]["path"].get<std::string>() + " changed (content differs from " +
+                      saved_train[i].value("path", std::string("?")) + " at checkpoint time)");
+      }
+    }
+  }
+  if (sha(saved.value("data_eval", json())) != sha(current["data_eval"])) out.push_back("data.eval file changed");
+  return out;
+}
+
+json capture_rng_state() {
+  json state = {{"cpu", generator_state_hex(at::detail::getDefaultCPUGenerator())}, {"cuda", json::array()}};
+  if (at::hasCUDA()) {
+    const int64_t devices = at::getNumGPUs();
+    for (int64_t i = 0; i < devices; ++i) {
+      const at::Generator& gen = at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<int8_t>(i)));
+      state["cuda"].push_back(generator_state_hex(gen));
+    }
+  }
+  return state;
+}
+
+void restore_rng_state(const json& state, const std::string& label) {
+  if (!state.contains("cpu") || !state["cpu"].is_string()) throw InputError(label + ": rng.cpu missing");
+  {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(from_hex(state["cpu"].get<std::string>(), label));
+  }
+  const json cuda = state.value("cuda", json::array());
+  if (!cuda.empty() && at::hasCUDA()) {
+    const int64_t devices = std::min<int64_t>(at::getNumGPUs(), static_cast<int64_t>(cuda.size()));
+    for (int64_t i = 0; i < devices; ++i) {
+      at::Generator gen = at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<int8_t>(i)));
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(from_hex(cuda[i].get<std::string>(), label));
+    }
+  }
+}
+
+}  // namespace sft

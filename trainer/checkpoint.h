@@ -1,0 +1,86 @@
+// trainer/checkpoint.h: full-state training checkpoints (write atomically, find, verify, load, prune) and
+// the run fingerprint that guards a resume against changed inputs.
+//
+// On-disk format (version 1), output_dir/checkpoints/step-00000100/:
+//   weights.safetensors              trainable parameters only, under our parameter names (a LoRA run holds
+//                                    just lora_A/lora_B; frozen base weights are never copied)
+//   optimizer/rank-00000.safetensors AdamW::state_tensors() of rank 0 ("<param>.exp_avg", "... .exp_avg_sq",
+//                                    "step"). A later multi-process issue adds rank-00001... (one shard per
+//                                    rank, each holding that rank's parameter slice) and sets world_size in
+//                                    trainer_state.json; a loader refuses a world_size it cannot map.
+//   trainer_state.json               step, micro_batches_done, epoch, sampler, scheduler, RNG states, log
+//                                    window, world_size, resolved config, fingerprint
+//   manifest.json                    written LAST: {"files": {relative path: {"size", "sha256"}}}
+// A save writes everything into step-XXXXXXXX.tmp-PID, fsyncs every file and directory, then renames the
+// directory into place and fsyncs checkpoints/. A directory counts as a checkpoint only when its name is
+// exactly step-<digits> and it holds a manifest.json that parses; loading then re-hashes every file.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainer/config.h"
+
+namespace sft {
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+inline constexpr const char* kCheckpointWeights = "weights.safetensors";
+inline constexpr const char* kCheckpointState = "trainer_state.json";
+inline constexpr const char* kCheckpointManifest = "manifest.json";
+std::string optimizer_shard_name(int64_t rank);  // "optimizer/rank-00000.safetensors"
+
+struct CheckpointContents {
+  int64_t step = 0;
+  NamedTensors weights;    // trainable parameters
+  NamedTensors optimizer;  // this rank's optimizer state
+  nlohmann::json trainer_state;
+};
+
+// Writes checkpoints_dir/step-%08d atomically (see above) and returns its path. Any failure (disk full,
+// I/O error) removes the temp dir and throws std::runtime_error naming the file; older checkpoints are
+// untouched. Test hook: env SFT_TEST_FAIL_WRITE_AFTER_BYTES=N makes the save fail like ENOSPC once N
+// bytes of this checkpoint are written (the file being written is left truncated, as a full disk would).
+std::filesystem::path write_checkpoint(const std::filesystem::path& checkpoints_dir, const CheckpointContents& contents);
+
+struct CheckpointEntry {
+  int64_t step = 0;
+  std::filesystem::path path;
+};
+// Complete checkpoints (name step-<digits>, manifest.json present and parseable), oldest first.
+std::vector<CheckpointEntry> list_complete_checkpoints(const std::filesystem::path& checkpoints_dir);
+std::optional<CheckpointEntry> newest_complete_checkpoint(const std::filesystem::path& checkpoints_dir);
+
+// Keeps the newest `keep_last` complete checkpoints (all when keep_last <= 0; never the newest one) and
+// removes older ones, incomplete step-* directories and leftover temp dirs of interrupted saves.
+void prune_checkpoints(const std::filesystem::path& checkpoints_dir, int64_t keep_last);
+
+// Re-hashes every file the manifest lists. Throws sft::InputError naming the file on a missing manifest,
+// a missing, truncated or altered file.
+void verify_checkpoint(const std::filesystem::path& dir);
+
+// verify_checkpoint, then reads trainer_state.json, weights and this rank's optimizer shard.
+CheckpointContents read_checkpoint(const std::filesystem::path& dir, int64_t rank = 0);
+
+// What the run was made from: sha256 of the model's config.json, the tokenizer files, the data files,
+// plus the chat template name and data format. Data and model files are identified by content, so
+// moving them is fine; editing them is a change.
+nlohmann::json run_fingerprint(const Config& config);
+// Human-readable differences between a saved and the current fingerprint (empty: same inputs).
+std::vector<std::string> fingerprint_differences(const nlohmann::json& saved, const nlohmann::json& current);
+
+// Lowercase hex sha256 of a file (streamed) and of bytes.
+std::string sha256_file(const std::filesystem::path& path);
+std::string sha256_hex(const void* data, size_t size);
+
+// CPU (and CUDA, when present) default-generator states as hex strings, and back.
+nlohmann::json capture_rng_state();
+void restore_rng_state(const nlohmann::json& state, const std::string& label);
+
+}  // namespace sft
