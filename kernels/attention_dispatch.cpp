@@ -16,8 +16,8 @@
 namespace sft::kernels {
 
 namespace {
-// What `auto` means for CPU training: the faster (forward + backward) of the CPU twin and per-document
-// SDPA, measured by AttentionBench.CpuTwinVsSdpa (kernels/README.md has the table).
+// What `auto` means for CPU training. AttentionBench.CpuTwinVsSdpa (table in kernels/README.md): SDPA is
+// faster with one document per row, the twin with several packed documents; sdpa until re-measured idle.
 constexpr AttentionImpl kCpuAutoImpl = AttentionImpl::Sdpa;
 }  // namespace
 

@@ -15,6 +15,11 @@ enum class AttentionImpl { Auto, Fused, Sdpa, Eager };
 AttentionImpl parse_attention_impl(const std::string& name);
 std::string to_string(AttentionImpl impl);
 
+// Resolves `auto` once per run (the caller stores the result): on CUDA it runs the fused kernel's
+// start-up self-check and falls back to SDPA with a warning if it fails; `fused` throws if it fails.
+// Defined in kernels/fused_attention.cpp.
+AttentionImpl resolve_attention_impl(AttentionImpl requested, const at::Device& device);
+
 // Document boundaries of a packed token stream of T tokens.
 struct PackedSequences {
   at::Tensor cu_seqlens;       // int32 [n_seqs + 1] on the device of q (the fused kernel reads it there)

@@ -2,6 +2,7 @@
 # `ctest` run reports everything. Each file is listed explicitly.
 set(SFT_PYTHON_TESTS
   tests/python/test_real_model.py
+  tests/python/test_eval_reference.py
   tests/python/test_generate_reference.py
   tests/python/test_export_reference.py
 )

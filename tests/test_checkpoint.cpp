@@ -11,7 +11,10 @@
 #include <random>
 #include <sstream>
 
+#include "common/errors.h"
+#include "model/lora.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
 #include "tests/test_util.h"
 #include "trainer/checkpoint.h"
 
@@ -260,6 +263,33 @@ TEST(CheckpointFormat, HoldsTrainableWeightsOptimizerStateAndVerifiedManifest) {
     EXPECT_EQ(entry["sha256"].get<std::string>(), sha256_file(dir / name)) << name;
   }
   EXPECT_NO_THROW(verify_checkpoint(dir));
+}
+
+TEST(CheckpointFormat, LoadCheckpointWeightsForScoring) {
+  test::TempDir tmp;
+  RunDir run = make_run(tmp.path(), base_config(tmp.path() / "out", kLora));
+  ASSERT_EQ(train(run, "--stop-after-steps 2").exit_code, 0);
+  model::CausalLM lm = model::load_pretrained(train_golden() / "base", at::kFloat, at::kCPU);
+  model::apply_lora(lm, model::LoraSpec{4, 8.0, 0.1, false, {"all"}});
+  load_checkpoint_weights(lm, run.checkpoint(2));
+  auto saved = model::SafetensorsFile::open(run.checkpoint(2) / kCheckpointWeights);
+  int compared = 0;
+  for (const auto& [path, lora] : model::lora_modules(lm)) {
+    const at::Tensor b = saved->load(path + ".lora_B.weight", at::kFloat);
+    EXPECT_GT(b.abs().max().item<double>(), 0.0) << "trained B is non-zero";
+    EXPECT_TRUE(at::equal(lora->lora_B->weight, b)) << path;
+    EXPECT_TRUE(at::equal(lora->lora_A->weight, saved->load(path + ".lora_A.weight", at::kFloat))) << path;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 14);
+  // A model without LoRA has no parameter for the adapter tensors: the error names file and tensor.
+  model::CausalLM plain = model::load_pretrained(train_golden() / "base", at::kFloat, at::kCPU);
+  try {
+    load_checkpoint_weights(plain, run.checkpoint(2));
+    ADD_FAILURE() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("weights.safetensors: tensor 'model.layers."), std::string::npos) << e.what();
+  }
 }
 
 TEST(CheckpointFormat, Sha256KnownAnswers) {

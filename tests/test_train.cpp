@@ -244,7 +244,8 @@ TEST(TrainFailures, NonFiniteLossStopsBeforeTheStep) {
 TEST(TrainFailures, ExistingRunIsNotOverwrittenWithoutForce) {
   test::TempDir tmp;
   run_train(tmp.path(), parity_config(tmp.path() / "out", "finetune: {method: lora}\n"), "train.epochs=1");
-  auto again = test::run_command(test::sft_binary().string() + " train " + (tmp.path() / "config.yaml.in").string());
+  auto again = test::run_command(test::sft_binary().string() + " train " + (tmp.path() / "config.yaml.in").string() +
+                                 " resume=never");
   EXPECT_EQ(again.exit_code, 2) << again.output;
   EXPECT_NE(again.output.find("already holds a run"), std::string::npos) << again.output;
   auto forced = test::run_command(test::sft_binary().string() + " train " + (tmp.path() / "config.yaml.in").string() +

@@ -5,6 +5,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <torch/torch.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <regex>
 
@@ -366,6 +368,27 @@ CheckpointContents read_checkpoint(const fs::path& dir, int64_t rank) {
   if (!fs::exists(shard)) throw InputError(shard.string() + ": missing (optimizer state)");
   contents.optimizer = read_all_tensors(shard);
   return contents;
+}
+
+void load_checkpoint_weights(model::CausalLM& lm, const fs::path& dir) {
+  verify_checkpoint(dir);
+  const fs::path path = dir / kCheckpointWeights;
+  auto file = model::SafetensorsFile::open(path);
+  std::map<std::string, at::Tensor> params;
+  for (const auto& item : lm->named_parameters()) params.emplace(item.key(), item.value());
+  torch::NoGradGuard no_grad;
+  for (const model::StTensorInfo& info : file->header().tensors) {
+    auto it = params.find(info.name);
+    if (it == params.end()) {
+      throw InputError(path.string() + ": tensor '" + info.name +
+                       "' is not a parameter of the model (set up the run's finetune method first)");
+    }
+    if (info.shape != it->second.sizes().vec()) {
+      throw InputError(path.string() + ": tensor '" + info.name + "' has shape " +
+                       c10::str(c10::IntArrayRef(info.shape)) + " but the model expects " + c10::str(it->second.sizes()));
+    }
+    it->second.copy_(file->load(info.name, it->second.scalar_type()));
+  }
 }
 
 json run_fingerprint(const Config& config) {

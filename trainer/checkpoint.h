@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/llama.h"
 #include "trainer/config.h"
 
 namespace sft {
@@ -74,6 +75,11 @@ CheckpointContents read_checkpoint(const std::filesystem::path& dir, int64_t ran
 nlohmann::json run_fingerprint(const Config& config);
 // Human-readable differences between a saved and the current fingerprint (empty: same inputs).
 std::vector<std::string> fingerprint_differences(const nlohmann::json& saved, const nlohmann::json& current);
+
+// For scoring a checkpoint (`sft eval --checkpoint`): verifies `dir` and copies weights.safetensors into
+// the same-named parameters of `model`, which must already carry the run's finetune transform (e.g. LoRA
+// applied with the run's spec). Throws sft::InputError naming the file and tensor on any mismatch.
+void load_checkpoint_weights(model::CausalLM& model, const std::filesystem::path& dir);
 
 // Lowercase hex sha256 of a file (streamed) and of bytes.
 std::string sha256_file(const std::filesystem::path& path);

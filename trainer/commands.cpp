@@ -31,7 +31,8 @@ struct CommandInfo {
 
 const std::vector<CommandInfo>& command_table() {
   static const std::vector<CommandInfo> table = {
-      {"train", command_train, "sft train CONFIG.yaml [key.sub=value ...] [--force]",
+      {"train", command_train,
+       "sft train CONFIG.yaml [key.sub=value ...] [--force] [--ignore-fingerprint] [--stop-after-steps K (test hook)]",
        "fine-tune (LoRA, freeze or full) as the config says; outputs in output_dir"},
       {"eval", command_eval, "sft eval CONFIG.yaml [--checkpoint DIR | --adapter DIR] [--out DIR] [key.sub=value ...]",
        "score the held-out set: loss, perplexity, token accuracy (+ exact match with eval.generate)"},

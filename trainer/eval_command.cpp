@@ -15,6 +15,7 @@
 #include "data/pipeline.h"
 #include "model/generate.h"
 #include "model/weights.h"
+#include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/evaluate.h"
 #include "trainer/export.h"
@@ -67,6 +68,14 @@ model::CausalLM load_scored_model(const Config& config, const Runtime& runtime, 
   if (adapter && checkpoint) throw InputError("sft eval: give --checkpoint or --adapter, not both");
   std::optional<std::string> dir = adapter ? adapter : checkpoint;
   if (dir && !fs::is_directory(*dir)) throw InputError("sft eval: '" + *dir + "' is not a directory");
+  if (checkpoint && fs::exists(fs::path(*checkpoint) / "manifest.json")) {
+    // A training checkpoint: base model + the method's transform + the checkpoint's trainable weights.
+    model::CausalLM lm = model::load_pretrained(config.model.path, runtime.dtype, runtime.device);
+    apply_finetune_method(lm, config);
+    load_checkpoint_weights(lm, *checkpoint);
+    described = "checkpoint " + *checkpoint + " on " + config.model.path;
+    return lm;
+  }
   if (dir && fs::exists(fs::path(*dir) / "config.json") && !fs::exists(fs::path(*dir) / "adapter_config.json")) {
     described = "model " + *dir;
     return model::load_pretrained(*dir, runtime.dtype, runtime.device);

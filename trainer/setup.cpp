@@ -30,7 +30,8 @@ Runtime resolve_runtime(const Config& config) {
   } else {
     runtime.dtype = model::parse_dtype(config.model.dtype, "model.dtype");
   }
-  runtime.attention = kernels::parse_attention_impl(config.model.attention);
+  runtime.attention =
+      kernels::resolve_attention_impl(kernels::parse_attention_impl(config.model.attention), runtime.device);
   runtime.gradient_checkpointing = config.model.gradient_checkpointing;
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
   return runtime;
