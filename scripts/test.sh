@@ -8,6 +8,7 @@ start=$(date +%s)
 bash scripts/setup.sh
 bash scripts/build.sh
 bash scripts/get_model.sh
+.venv/bin/python scripts/make_quiz_data.py
 for script in scripts/make_golden.py scripts/make_tokenizer_golden.py scripts/make_data_golden.py \
               scripts/make_train_golden.py; do
   [[ -f "$script" ]] && .venv/bin/python "$script"
