@@ -182,26 +182,27 @@ std::string run_and_signal(const RunDir& run, const fs::path& wait_for, int dela
 }
 
 TEST(CheckpointResume, SigkillAtARandomPointThenResumeIsBitIdentical) {
+  // 100 steps, so the kill (<= 400 ms after step 2) lands mid-run even on a fast idle machine.
   const std::string extra = kLora + "checkpoint: {every_steps: 1, keep_last: 2}\n";
   test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), extra, "train.epochs=5");
+  RunDir ref = reference_run(a.path(), extra, "train.epochs=25");
   std::random_device entropy;
   const int delay_ms = static_cast<int>(entropy() % 400);
   SCOPED_TRACE("SIGKILL " + std::to_string(delay_ms) + " ms after the step-2 checkpoint appeared");
   RunDir run = make_run(b.path(), base_config(b.path() / "out", extra));
   const std::string report = run_and_signal(run, run.checkpoint(2) / kCheckpointManifest, delay_ms, "KILL",
-                                            "train.epochs=5");
+                                            "train.epochs=25");
   // Killed mid-run (137 = 128 + SIGKILL), before the end of training exported anything.
   ASSERT_NE(report.find("exit=137"), std::string::npos) << report << test::read_text(run.dir / "run.log");
   EXPECT_FALSE(fs::exists(run.out() / "adapter"));
-  auto resumed = train(run, "train.epochs=5");
+  auto resumed = train(run, "train.epochs=25");
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-  expect_identical_runs(ref, run, 20);
+  expect_identical_runs(ref, run, 100);
   // keep_last 2: only the two newest complete checkpoints remain, no temp dirs.
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(run.out() / "checkpoints")) names.push_back(e.path().filename());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"step-00000019", "step-00000020"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"step-00000099", "step-00000100"}));
 }
 
 TEST(CheckpointResume, SigtermLetsTheStepFinishSavesAndExitsZero) {
