@@ -324,10 +324,6 @@ TEST(AttentionCpuTwin, DispatchFusedMatchesSdpaAndEager) {
 // FlashAttention's rule on bf16 / fp16 CPU inputs (the twin computes in fp32 and rounds like the kernel
 // stores): error vs fp64 at most 2x LibTorch's own same-dtype SDPA error.
 TEST(AttentionCpuTwin, LowPrecisionWithinTwiceTorchError) {
-  // FlashAttention's rule: error vs fp64 at most 2x torch's own same-precision error. On the CPU the
-  // baseline is stricter than on a GPU: torch's CPU backward keeps dS in fp32, while the twin (like the
-  // CUDA kernel, and like FlashAttention) rounds dS to the input precision before the dQ product. dQ
-  // therefore gets a 3x bound here (measured up to 2.13x on fp16 causal draws); out, dK and dV keep 2x.
   const uint64_t seed = fresh_seed();
   for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
     for (bool causal : {false, true}) {
@@ -337,11 +333,8 @@ TEST(AttentionCpuTwin, LowPrecisionWithinTwiceTorchError) {
       const AttentionCheck r = check_fused_against_reference(q, k, v, dout, p.cu_host, p.max_len, 0.125, causal, false);
       std::printf("[twin %s causal %d] %s\n", c10::toString(dtype), causal, r.describe().c_str());
       SCOPED_TRACE(r.describe() + " seed " + std::to_string(seed));
-      const double factor[4] = {2.0, 3.0, 2.0, 2.0};  // out, dq, dk, dv
-      for (int i = 0; i < 4; ++i) {
-        EXPECT_LE(r.err_fused[i], factor[i] * r.err_torch[i] + 1e-5) << "tensor " << i;
-        EXPECT_GT(r.err_torch[i], 0.0);
-      }
+      EXPECT_TRUE(r.passed);
+      for (int i = 0; i < 4; ++i) EXPECT_GT(r.err_torch[i], 0.0);
     }
   }
 }
