@@ -59,9 +59,20 @@ class Tokenizer {
   std::optional<std::string> chat_template_;
 };
 
+// How a tokenizer.json is run. The two differ only where transformers' tokenizer class rebuilds the
+// pipeline around the file's vocabulary (see data/tokenizer.cpp); for tokenizer.model they are the same.
+enum class TokenizerPipeline {
+  // What transformers 5's AutoTokenizer.from_pretrained(dir) builds. The default, and what the trainer
+  // uses: training ids must equal apply_chat_template's.
+  kTransformers,
+  // tokenizer.json exactly as written, as HF `tokenizers` (Tokenizer.from_file) runs it.
+  kTokenizerJson,
+};
+
 // Loads from a directory: tokenizer.json preferred, else tokenizer.model; tokenizer_config.json and
 // config.json (if present) supply special tokens and the chat template. Throws sft::InputError naming
 // the file on anything malformed or missing.
-std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir);
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir,
+                                          TokenizerPipeline pipeline = TokenizerPipeline::kTransformers);
 
 }  // namespace sft::data

@@ -289,7 +289,7 @@ struct Decoder {
 // ---------------------------------------------------------------- the tokenizer
 class HfTokenizer final : public TokenizerBase {
  public:
-  explicit HfTokenizer(const std::filesystem::path& path);
+  HfTokenizer(const json& root, std::string file);
 
   Encoding encode(std::string_view text) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
@@ -358,15 +358,7 @@ class HfTokenizer final : public TokenizerBase {
   void emit_segment(const NormText& seg, Encoding& enc) const;
 };
 
-HfTokenizer::HfTokenizer(const std::filesystem::path& path) : file_(path.string()) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) bad(file_, "cannot open");
-  json root;
-  try {
-    root = json::parse(in);
-  } catch (const json::exception& e) {
-    bad(file_, std::string("malformed JSON: ") + e.what());
-  }
+HfTokenizer::HfTokenizer(const json& root, std::string file) : file_(std::move(file)) {
   if (!root.is_object()) bad(file_, "top level must be an object");
   byte_char_ = byte_to_char_table();
   for (uint32_t b = 0; b < 256; ++b) char_byte_[byte_char_[b]] = static_cast<uint8_t>(b);
@@ -1158,8 +1150,22 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
 
 }  // namespace
 
-std::unique_ptr<TokenizerBase> load_hf_tokenizer(const std::filesystem::path& tokenizer_json) {
-  return std::make_unique<HfTokenizer>(tokenizer_json);
+json read_tokenizer_json(const std::filesystem::path& tokenizer_json) {
+  const std::string file = tokenizer_json.string();
+  std::ifstream in(tokenizer_json, std::ios::binary);
+  if (!in) bad(file, "cannot open");
+  json root;
+  try {
+    root = json::parse(in);
+  } catch (const json::exception& e) {
+    bad(file, std::string("malformed JSON: ") + e.what());
+  }
+  if (!root.is_object()) bad(file, "top level must be an object");
+  return root;
+}
+
+std::unique_ptr<TokenizerBase> load_hf_tokenizer(const json& root, const std::string& file) {
+  return std::make_unique<HfTokenizer>(root, file);
 }
 
 }  // namespace sft::data::detail

@@ -3,6 +3,8 @@
 // the added-token matcher (HF's AddedVocabulary split rules) and the backend factory functions.
 // Not part of the public interface.
 #pragma once
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -67,7 +69,11 @@ class TokenizerBase : public Tokenizer {
   virtual int32_t model_pad() const { return -1; }
 };
 
-std::unique_ptr<TokenizerBase> load_hf_tokenizer(const std::filesystem::path& tokenizer_json);
+// Parses tokenizer.json; InputError naming the file when it cannot be read or is not a JSON object.
+nlohmann::json read_tokenizer_json(const std::filesystem::path& tokenizer_json);
+// Builds the tokenizer.json backend from the parsed file, which the loader may have edited first (to
+// rebuild it as transformers does); `file` names it in error messages.
+std::unique_ptr<TokenizerBase> load_hf_tokenizer(const nlohmann::json& root, const std::string& file);
 std::unique_ptr<TokenizerBase> load_sp_tokenizer(const std::filesystem::path& tokenizer_model);
 
 }  // namespace sft::data::detail

@@ -6,12 +6,18 @@
 # empty strings, random code points) and encodes it with the reference implementations:
 #   * tokenizer.json dirs -> HF `tokenizers` (encode with add_special_tokens=False, decode with
 #     skip_special_tokens=False);
+#   * the same dirs, when they have a tokenizer_config.json -> also `transformers` AutoTokenizer (encode
+#     with add_special_tokens=False, decode with skip_special_tokens=False). Its tokenizer class may
+#     rebuild the tokenizer.json pipeline (LlamaTokenizer does: Metaspace instead of the file's Prepend
+#     normalizer), and the trainer must match it, since apply_chat_template tokenizes with it;
 #   * llama2-sp tokenizer.model -> `sentencepiece`. SentencePiece itself knows nothing of special-token
 #     text, while our contract maps "<s>"/"</s>"/"<unk>" in text to their ids (as HF's Llama tokenizers
 #     do). So the reference splits the text on those strings first and encodes each piece on its own;
 #     decode joins sentencepiece's decode of each run of ordinary ids with the special-token texts.
 # Output: <out>/<name>.jsonl, one line per string {"text", "ids", "decoded", "roundtrip"}, plus
-# <name>.meta.json (special-token ids and add_bos as `transformers` reports them, vocab size).
+# <name>.meta.json (special-token ids and add_bos as `transformers` reports them, vocab size) and, for
+# the transformers reference, <name>.transformers.jsonl ({"text", "ids", "decoded"}, with the class name
+# and how many strings it encodes differently from `tokenizers` in <name>.transformers.meta.json).
 # Idempotent: skipped when a stamp (hash of this script, the tokenizer files and package versions) matches.
 import argparse
 import hashlib
@@ -149,6 +155,12 @@ SENTENCES = [
     "<0x41> looks like a byte token <0xFF>",
     "Tools: a <tool> b  <tool>\n c<tool>d [SEP]  x hello Hello xhello hellox hello_world (hello) «hello» hello",
     " World World  World\u2581World",
+    # Mistral / Llama-2 chat shapes: special tokens followed by spaces, where transformers' LlamaTokenizer
+    # and tokenizer.json's Prepend normalizer disagree.
+    "<s> [INST] What is 2+2? [/INST] 4</s> [INST] And 3+3? [/INST] 6</s>",
+    "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]",
+    "</s> after eos, <s>  two spaces after bos, <unk>\tTab, </s>\nnewline, </s>\u2581metaspace",
+    "x</s>y<s>z</s> ",
 ]
 # A small alphabet of characters the pre-tokenizer regexes treat differently; random strings over it
 # probe every alternative boundary (space before newline, marks after letters, digits runs, ...).
@@ -329,8 +341,23 @@ def meta_from_transformers(name, path):
     }
 
 
-def stamp_for(name, path):
+def reference_transformers(path):
+    """AutoTokenizer on the directory: what apply_chat_template tokenizes with."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(path))
+
+    def encode_all(texts):
+        return tok(texts, add_special_tokens=False)["input_ids"]
+
+    def decode(ids):
+        return tok.decode(ids, skip_special_tokens=False)
+
+    return type(tok).__name__, encode_all, decode
+
+
+def stamp_for(name, path, *extra):
     h = hashlib.sha256()
+    h.update(" ".join(extra).encode())
     h.update(Path(__file__).read_bytes())
     for f in sorted(path.glob("*")):
         if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "config")):
@@ -379,6 +406,36 @@ def main():
         (out / f"{name}.meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         stamp_file.write_text(stamp)
         print(f"[golden] {name}: {len(corpus)} strings, {roundtrips} round-trip, meta {meta}")
+
+    # The transformers reference, for the real tokenizer.json dirs (the variants have no meaning there).
+    for name, path in tokenizer_dirs().items():
+        if not (path / "tokenizer.json").is_file() or not (path / "tokenizer_config.json").is_file():
+            continue
+        import transformers
+        stamp = stamp_for(name, path, "transformers", transformers.__version__)
+        stamp_file = out / f"{name}.transformers.stamp"
+        jsonl, meta_file = out / f"{name}.transformers.jsonl", out / f"{name}.transformers.meta.json"
+        if not args.force and stamp_file.is_file() and stamp_file.read_text() == stamp \
+                and jsonl.is_file() and meta_file.is_file():
+            print(f"[golden] {name} (transformers): up to date")
+            continue
+        if corpus is None:
+            corpus = build_corpus()
+        cls, encode_all, decode = reference_transformers(path)
+        raw_encode, _ = reference_hf(path / "tokenizer.json")
+        all_ids = encode_all(corpus)
+        differ = 0
+        tmp = out / f"{name}.transformers.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for text, ids in zip(corpus, all_ids):
+                differ += ids != raw_encode(text)
+                f.write(json.dumps({"text": text, "ids": ids, "decoded": decode(ids)}, ensure_ascii=False) + "\n")
+        os.replace(tmp, jsonl)
+        meta = {"class": cls, "strings": len(corpus), "ids_differ_from_tokenizers": differ}
+        meta_file.write_text(json.dumps(meta, indent=1) + "\n")
+        stamp_file.write_text(stamp)
+        print(f"[golden] {name} (transformers {cls}): {len(corpus)} strings, "
+              f"{differ} with ids other than tokenizers'")
 
 
 if __name__ == "__main__":

@@ -493,10 +493,18 @@ TEST(DataTemplateGolden, Qwen3IdsEqualTransformers) {
 TEST(DataTemplateGolden, Llama3IdsEqualTransformers) {
   check_ids_against_golden("llama3", test::assets_dir() / "tokenizers" / "llama3-bpe", "auto");
 }
-// Mistral ids are not compared yet: for tokenizer_class LlamaTokenizer, transformers 5 replaces
-// tokenizer.json's Prepend("▁") normalizer with Metaspace(prepend_scheme=always, split=False), and we
-// follow tokenizer.json (as the `tokenizers` library does). The rendered text is compared above
-// (RenderedTextEqualsTransformers). Open in issue 3.
+// mistral-bpe declares tokenizer_class LlamaTokenizer: transformers 5 replaces tokenizer.json's
+// Prepend("▁") normalizer with Metaspace(prepend_scheme=always, split=False), so "<s> [INST]" has no
+// extra "▁" (28705) after <s>. load_tokenizer rebuilds it the same way (data/tokenizer.cpp).
+TEST(DataTemplateGolden, MistralIdsEqualTransformers) {
+  json golden = load_golden("mistral");
+  std::vector<std::string> cases;
+  for (const auto& c : golden["cases"]) cases.push_back(c["name"]);
+  for (const char* needed : {"single_turn", "multi_turn", "with_system", "multi_turn_system"}) {
+    EXPECT_NE(std::find(cases.begin(), cases.end(), needed), cases.end()) << needed;
+  }
+  check_ids_against_golden("mistral", test::assets_dir() / "tokenizers" / "mistral-bpe", "mistral");
+}
 TEST(DataTemplateGolden, Llama2IdsEqualTransformers) {
   check_ids_against_golden("llama2", test::assets_dir() / "tokenizers" / "mistral-bpe", "llama2");
 }

@@ -1,8 +1,9 @@
 // tests/test_tokenizer.cpp: tokenizer tests. The heart is the reference check: every golden string
 // (scripts/make_tokenizer_golden.py: >= 5,000 strings per tokenizer, ids from HF `tokenizers` or
 // `sentencepiece`) must encode to identical ids and decode to the reference text; offsets must tile the
-// input. Plus special-token metadata against `transformers`, the regex engine and Unicode normalization
-// on known cases, and every bad-input error we raise.
+// input. The same corpus must also give `transformers` AutoTokenizer's ids with the pipeline the trainer
+// uses (TokenizerPipeline::kTransformers). Plus special-token metadata against `transformers`, the regex
+// engine and Unicode normalization on known cases, and every bad-input error we raise.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -41,11 +42,13 @@ fs::path tokenizer_dir(const std::string& name) {
   return test::assets_dir() / "tokenizers" / name;
 }
 
-// Loading qwen3/llama3 parses ~10 MB of JSON; share one instance per tokenizer across tests.
-const Tokenizer& shared_tokenizer(const std::string& name) {
-  static std::map<std::string, std::unique_ptr<Tokenizer>> cache;  // test-binary lifetime
-  auto& slot = cache[name];
-  if (!slot) slot = load_tokenizer(tokenizer_dir(name));
+// Loading qwen3/llama3 parses ~10 MB of JSON; share one instance per tokenizer and pipeline across tests.
+// The default is what load_tokenizer gives the trainer; the `tokenizers` goldens use kTokenizerJson.
+const Tokenizer& shared_tokenizer(const std::string& name,
+                                  TokenizerPipeline pipeline = TokenizerPipeline::kTransformers) {
+  static std::map<std::pair<std::string, TokenizerPipeline>, std::unique_ptr<Tokenizer>> cache;  // binary lifetime
+  auto& slot = cache[{name, pipeline}];
+  if (!slot) slot = load_tokenizer(tokenizer_dir(name), pipeline);
   return *slot;
 }
 
@@ -56,14 +59,15 @@ struct GoldenLine {
   bool roundtrip = false;
 };
 
-std::vector<GoldenLine> read_golden(const std::string& name) {
-  fs::path path = test::golden_dir() / "tokenizers" / (name + ".jsonl");
+// `reference` "" is the `tokenizers`/`sentencepiece` golden, "transformers" AutoTokenizer's.
+std::vector<GoldenLine> read_golden(const std::string& name, const std::string& reference = "") {
+  fs::path path = test::golden_dir() / "tokenizers" / (name + (reference.empty() ? "" : "." + reference) + ".jsonl");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path.string() + " missing: run .venv/bin/python scripts/make_tokenizer_golden.py");
   std::vector<GoldenLine> lines;
   for (std::string line; std::getline(in, line);) {
     json j = json::parse(line);
-    lines.push_back({j.at("text"), j.at("ids").get<std::vector<int32_t>>(), j.at("decoded"), j.at("roundtrip")});
+    lines.push_back({j.at("text"), j.at("ids").get<std::vector<int32_t>>(), j.at("decoded"), j.value("roundtrip", false)});
   }
   return lines;
 }
@@ -72,6 +76,13 @@ std::vector<GoldenLine> read_golden(const std::string& name) {
 std::vector<std::string> real_names() {
   std::vector<std::string> names = {"llama2-sp", "mistral-bpe", "qwen3-bpe", "llama3-bpe"};
   if (fs::is_regular_file(smollm2_dir() / "tokenizer.json")) names.push_back("smollm2");
+  return names;
+}
+
+// The real tokenizer.json dirs, which transformers loads through tokenizer_config.json.
+std::vector<std::string> transformers_names() {
+  std::vector<std::string> names = real_names();
+  names.erase(std::remove(names.begin(), names.end(), "llama2-sp"), names.end());
   return names;
 }
 
@@ -98,7 +109,7 @@ class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerGolden, IdsMatchReference) {
   const std::string name = GetParam();
-  const Tokenizer& tok = shared_tokenizer(name);
+  const Tokenizer& tok = shared_tokenizer(name, TokenizerPipeline::kTokenizerJson);
   auto golden = read_golden(name);
   ASSERT_GE(golden.size(), 5000u);
   size_t same = 0;
@@ -118,7 +129,7 @@ TEST_P(TokenizerGolden, IdsMatchReference) {
 
 TEST_P(TokenizerGolden, DecodeMatchesReferenceAndRoundTrips) {
   const std::string name = GetParam();
-  const Tokenizer& tok = shared_tokenizer(name);
+  const Tokenizer& tok = shared_tokenizer(name, TokenizerPipeline::kTokenizerJson);
   auto golden = read_golden(name);
   size_t same = 0, roundtrip_total = 0, roundtrip_ok = 0;
   std::string first_bad, first_rt_bad;
@@ -193,7 +204,7 @@ std::string token_bytes(const Tokenizer& tok, int32_t id, bool byte_level, const
 
 TEST_P(TokenizerGolden, OffsetsTileTheInput) {
   const std::string name = GetParam();
-  const Tokenizer& tok = shared_tokenizer(name);
+  const Tokenizer& tok = shared_tokenizer(name, TokenizerPipeline::kTokenizerJson);
   const bool byte_level = name.rfind("qwen3", 0) == 0 || name.rfind("llama3", 0) == 0 || name == "smollm2";
   auto golden = read_golden(name);
   const ByteAlphabet alphabet;
@@ -254,6 +265,46 @@ TEST_P(TokenizerGolden, OffsetsTileTheInput) {
   }
 }
 
+// transformers' ids and decodes: what apply_chat_template tokenizes with. For mistral-bpe
+// (tokenizer_class LlamaTokenizer) these differ from `tokenizers`' on ~600 of the strings; load_tokenizer
+// must rebuild the pipeline as transformers does (data/tokenizer.cpp).
+class TokenizerTransformers : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerTransformers, IdsAndDecodeMatchAutoTokenizer) {
+  const std::string name = GetParam();
+  const Tokenizer& tok = shared_tokenizer(name);
+  auto golden = read_golden(name, "transformers");
+  json meta = json::parse(test::read_text(test::golden_dir() / "tokenizers" / (name + ".transformers.meta.json")));
+  ASSERT_GE(golden.size(), 5000u);
+  size_t same_ids = 0, same_decode = 0;
+  std::string first_bad, first_bad_decode;
+  for (const auto& g : golden) {
+    auto ids = tok.encode_ids(g.text);
+    if (ids == g.ids) {
+      ++same_ids;
+    } else if (first_bad.empty()) {
+      first_bad = json(g.text).dump() + "\n  want " + join_ids(g.ids) + "\n  got  " + join_ids(ids);
+    }
+    std::string decoded = tok.decode(g.ids);
+    if (decoded == g.decoded) {
+      ++same_decode;
+    } else if (first_bad_decode.empty()) {
+      first_bad_decode = "ids " + join_ids(g.ids) + "\n  want " + json(g.decoded).dump() + "\n  got  " + json(decoded).dump();
+    }
+  }
+  std::cout << "[ref] " << name << " (transformers " << meta["class"].get<std::string>() << ", "
+            << meta["ids_differ_from_tokenizers"] << " strings with ids other than tokenizers') ids identical: "
+            << rate(same_ids, golden.size()) << ", decode identical: " << rate(same_decode, golden.size()) << "\n";
+  EXPECT_EQ(same_ids, golden.size()) << name << ": ids identical for " << rate(same_ids, golden.size())
+                                     << "; first mismatch: " << first_bad;
+  EXPECT_EQ(same_decode, golden.size()) << name << ": decode identical for " << rate(same_decode, golden.size())
+                                        << "; first mismatch: " << first_bad_decode;
+  // The corpus must exercise the difference where there is one.
+  if (meta["class"] == "LlamaTokenizer") {
+    EXPECT_GT(meta["ids_differ_from_tokenizers"].get<int>(), 100) << name;
+  }
+}
+
 // transformers' view of special tokens, for the real tokenizers (the variants are tokenizer.json
 // edits that transformers partly overrides from tokenizer_config.json, so they have no meaning there).
 class TokenizerMeta : public ::testing::TestWithParam<std::string> {};
@@ -299,6 +350,7 @@ std::string param_name(const ::testing::TestParamInfo<std::string>& info) {
 }
 INSTANTIATE_TEST_SUITE_P(Tokenizers, TokenizerGolden, ::testing::ValuesIn(golden_names()), param_name);
 INSTANTIATE_TEST_SUITE_P(Tokenizers, TokenizerMeta, ::testing::ValuesIn(real_names()), param_name);
+INSTANTIATE_TEST_SUITE_P(Tokenizers, TokenizerTransformers, ::testing::ValuesIn(transformers_names()), param_name);
 
 // ---------------------------------------------------------------- known values
 TEST(TokenizerKnown, Llama2SentencePieceGoldenSentence) {
@@ -333,13 +385,84 @@ TEST(TokenizerKnown, ChatTemplatesAndSpecialsFromConfig) {
   EXPECT_THROW(llama3.id_to_token(1 << 30), std::out_of_range);
 }
 
+std::string error_of(const fs::path& dir);  // load_tokenizer's error message (defined with the error tests)
+
+// Which class AutoTokenizer builds for mistral-bpe's tokenizer.json under edited configs, and that class's
+// ids. The expected ids were printed by transformers 5.24 for the same edits.
+TEST(TokenizerKnown, TransformersClassChoiceAndLlamaTokenizerRebuild) {
+  const std::vector<std::string> texts = {"<s> hello", "a</s>b", " hello [INST] x [/INST] y"};
+  using Ids = std::vector<std::vector<int32_t>>;
+  const Ids llama_always = {{1, 6312, 28709}, {264, 2, 287},
+                            {6312, 28709, 733, 16289, 28793, 1318, 733, 28748, 16289, 28793, 337}};
+  const Ids file_as_written = {{1, 28705, 6312, 28709}, {264, 2, 287},
+                               {28705, 6312, 28709, 733, 16289, 28793, 1318, 733, 28748, 16289, 28793, 337}};
+  struct Case {
+    const char* what;
+    json tc_edit;            // merged into mistral-bpe's tokenizer_config.json
+    const char* config_json;  // written as config.json when not null
+    Ids want;
+    std::vector<std::string> want_decoded;
+  };
+  const json base_tc = json::parse(test::read_text(tokenizer_dir("mistral-bpe") / "tokenizer_config.json"));
+  json added_decoder = base_tc["added_tokens_decoder"];
+  added_decoder["32000"] = {{"content", "[INST]"}, {"lstrip", false}, {"normalized", false}, {"rstrip", true},
+                            {"single_word", false}, {"special", true}};
+  const std::vector<Case> cases = {
+      {"LlamaTokenizer, legacy: prepend_scheme always", json::object(), nullptr, llama_always,
+       {"<s> hello", "a</s> b", "hello [INST] x [/INST] y"}},
+      {"model_type llama keeps LlamaTokenizer", json::object(), R"({"model_type": "llama"})", llama_always, {}},
+      {"model_type mistral loads TokenizersBackend", json::object(), R"({"model_type": "mistral"})",
+       file_as_written, {"<s>  hello", "a</s> b", " hello [INST] x [/INST] y"}},
+      {"PreTrainedTokenizerFast is the file as written", {{"tokenizer_class", "PreTrainedTokenizerFast"}}, nullptr,
+       file_as_written, {}},
+      {"legacy false: prepend_scheme first", {{"legacy", false}}, nullptr,
+       {llama_always[0], {264, 2, 28726}, llama_always[2]}, {"<s> hello", "a</s>b", "hello [INST] x [/INST] y"}},
+      {"add_prefix_space false: prepend_scheme never", {{"add_prefix_space", false}}, nullptr,
+       {llama_always[0], {28708, 2, 28726}, llama_always[2]}, {"<s> hello", "a</s>b", " hello [INST] x [/INST] y"}},
+      {"added_tokens_decoder and additional_special_tokens add tokens",
+       {{"added_tokens_decoder", added_decoder}, {"additional_special_tokens", json::array({"[/INST]"})}}, nullptr,
+       {llama_always[0], llama_always[1], {6312, 28709, 28705, 32000, 1318, 28705, 32001, 337}},
+       {"<s> hello", "a</s> b", "hello [INST] x [/INST] y"}},
+  };
+  for (const Case& c : cases) {
+    test::TempDir dir;
+    fs::copy_file(tokenizer_dir("mistral-bpe") / "tokenizer.json", dir.path() / "tokenizer.json");
+    json tc = base_tc;
+    tc.merge_patch(c.tc_edit);
+    test::write_text(dir.path() / "tokenizer_config.json", tc.dump());
+    if (c.config_json) test::write_text(dir.path() / "config.json", c.config_json);
+    auto tok = load_tokenizer(dir.path());
+    for (size_t i = 0; i < texts.size(); ++i) {
+      auto ids = tok->encode_ids(texts[i]);
+      EXPECT_EQ(ids, c.want[i]) << c.what << ": " << json(texts[i]).dump();
+      if (!c.want_decoded.empty()) EXPECT_EQ(tok->decode(ids), c.want_decoded[i]) << c.what;
+    }
+    // kTokenizerJson always runs the file as written.
+    auto raw = load_tokenizer(dir.path(), TokenizerPipeline::kTokenizerJson);
+    EXPECT_EQ(raw->encode_ids(texts[0]), file_as_written[0]) << c.what;
+  }
+  // transformers would build Qwen2Tokenizer (byte-level) over this SentencePiece vocabulary: refused.
+  test::TempDir dir;
+  fs::copy_file(tokenizer_dir("mistral-bpe") / "tokenizer.json", dir.path() / "tokenizer.json");
+  fs::copy_file(tokenizer_dir("mistral-bpe") / "tokenizer_config.json", dir.path() / "tokenizer_config.json");
+  test::write_text(dir.path() / "config.json", R"({"model_type": "qwen2"})");
+  std::string e = error_of(dir.path());
+  EXPECT_NE(e.find("Qwen2Tokenizer"), std::string::npos) << e;
+  EXPECT_NE(e.find((dir.path() / "config.json").string()), std::string::npos) << e;
+}
+
 // Offsets for the cases chat masking cares about: byte fallback and multi-byte UTF-8.
 TEST(TokenizerOffsets, ByteFallbackAndMultiByte) {
   const std::string text = "Hi \xF0\x9F\x98\x80 \xC3\xA9</s> x";  // "Hi 😀 é</s> x"
   // Mistral has 😀 as one token; llama2-sp falls back to 4 byte tokens, the last one spanning the char.
-  Encoding m = shared_tokenizer("mistral-bpe").encode(text);
+  // tokenizer.json's Prepend normalizer puts a "▁" of its own after </s> (it covers no input)...
+  Encoding m = shared_tokenizer("mistral-bpe", TokenizerPipeline::kTokenizerJson).encode(text);
   EXPECT_EQ(m.ids, (std::vector<int32_t>{15359, 28705, 30575, 1233, 2, 28705, 1318}));
   EXPECT_EQ(m.offsets, (std::vector<std::pair<size_t, size_t>>{{0, 2}, {2, 3}, {3, 7}, {7, 10}, {10, 14}, {14, 14}, {14, 16}}));
+  // ...transformers' LlamaTokenizer does not: the space after </s> becomes the "▁" of "▁x".
+  m = shared_tokenizer("mistral-bpe").encode(text);
+  EXPECT_EQ(m.ids, (std::vector<int32_t>{15359, 28705, 30575, 1233, 2, 1318}));
+  EXPECT_EQ(m.offsets, (std::vector<std::pair<size_t, size_t>>{{0, 2}, {2, 3}, {3, 7}, {7, 10}, {10, 14}, {14, 16}}));
   Encoding l = shared_tokenizer("llama2-sp").encode(text);
   EXPECT_EQ(l.ids, (std::vector<int32_t>{6324, 29871, 243, 162, 155, 131, 904, 2, 29871, 921}));
   EXPECT_EQ(l.offsets.back(), (std::pair<size_t, size_t>{14, 16}));
