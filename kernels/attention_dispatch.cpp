@@ -7,17 +7,19 @@
 #include <ATen/ATen.h>
 
 #include <iostream>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
+#include "common/autocast.h"
 #include "common/errors.h"
 #include "kernels/fused_attention.h"
 
 namespace sft::kernels {
 
 namespace {
-// What `auto` means for CPU training. AttentionBench.CpuTwinVsSdpa (table in kernels/README.md): SDPA is
-// faster with one document per row, the twin with several packed documents; sdpa until re-measured idle.
+// What `auto` means for CPU training. scripts/bench_attention.sh (table in kernels/README.md): LibTorch's
+// SDPA is 3.5-7.5x faster than the twin for fwd+bwd on every shape measured, packed or not.
 constexpr AttentionImpl kCpuAutoImpl = AttentionImpl::Sdpa;
 }  // namespace
 
@@ -122,9 +124,17 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
     case AttentionImpl::Eager:
     case AttentionImpl::Sdpa:
       return reference_varlen_attention(q, k, v, seqs, softmax_scale, causal, impl);
-    case AttentionImpl::Fused:
+    case AttentionImpl::Fused: {
+      // Under autocast (mixed precision) attention runs in the autocast dtype, as LibTorch's SDPA does
+      // there: fp32 rotary tables leave q/k in fp32 while v comes out of a bf16 matmul.
+      const std::optional<at::ScalarType> autocast = ScopedAutocast::current(q.device().type());
+      if (autocast) {
+        return fused_varlen_attention(q.to(*autocast), k.to(*autocast), v.to(*autocast), seqs.cu_seqlens,
+                                      seqs.cu_seqlens_host, seqs.max_seqlen, softmax_scale, causal);
+      }
       return fused_varlen_attention(q, k, v, seqs.cu_seqlens, seqs.cu_seqlens_host, seqs.max_seqlen,
                                     softmax_scale, causal);
+    }
     case AttentionImpl::Auto:
       // Unresolved auto (the model should resolve it once with resolve_attention_impl): on the CPU the
       // benchmark winner; on CUDA sdpa, because the fused kernel is used only after a self-check whose

@@ -2,12 +2,14 @@
 // math (fp32 RMSNorm statistics, fp32 rotary tables, SwiGLU), in the packed [T, ...] layout.
 #include "model/llama.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/nn/init.h>
 
 #include <cmath>
+#include <optional>
+
+#include "common/autocast.h"
 
 namespace sft::model {
 
@@ -159,7 +161,8 @@ DecoderImpl::DecoderImpl(const ModelConfig& config, const at::TensorOptions& opt
 
 // ---------------------------------------------------------------------------------------------------
 // Gradient checkpointing: the layer runs without saving activations; backward re-runs it with the same
-// RNG state (LoRA dropout) and back-propagates through the recomputation.
+// RNG state (LoRA dropout) and autocast state (mixed precision), and back-propagates through the
+// recomputation.
 namespace {
 
 struct LayerRecompute : public torch::autograd::Function<LayerRecompute> {
@@ -171,7 +174,11 @@ struct LayerRecompute : public torch::autograd::Function<LayerRecompute> {
     ctx->saved_data["max_seqlen"] = max_seqlen;
     ctx->saved_data["layer"] = layer_address;
     ctx->saved_data["impl"] = attention_impl;
-    ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
+    // What the recompute must replay: the generator of x's device (LoRA dropout draws from it) and the
+    // autocast state (mixed precision) the forward ran under.
+    ctx->saved_data["rng"] = at::globalContext().defaultGenerator(x.device()).get_state();
+    const std::optional<at::ScalarType> autocast = ScopedAutocast::current(x.device().type());
+    ctx->saved_data["autocast_dtype"] = autocast ? static_cast<int64_t>(*autocast) : int64_t{-1};
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(layer_address);
     kernels::PackedSequences seqs{cu_seqlens, cu_seqlens_host, max_seqlen};
     return layer->forward(x, cos, sin, seqs, static_cast<kernels::AttentionImpl>(attention_impl));
@@ -183,13 +190,20 @@ struct LayerRecompute : public torch::autograd::Function<LayerRecompute> {
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
     kernels::PackedSequences seqs{saved[3], saved[4], ctx->saved_data["max_seqlen"].toInt()};
     auto impl = static_cast<kernels::AttentionImpl>(ctx->saved_data["impl"].toInt());
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    at::Generator generator = at::globalContext().defaultGenerator(saved[0].device());
     at::Tensor rng_now = generator.get_state();
     generator.set_state(ctx->saved_data["rng"].toTensor());
+    const int64_t code = ctx->saved_data["autocast_dtype"].toInt();
+    const std::optional<at::ScalarType> autocast_dtype =
+        code < 0 ? std::nullopt : std::optional<at::ScalarType>(static_cast<at::ScalarType>(code));
     at::Tensor x = saved[0].detach().requires_grad_(true);
     {
       torch::AutoGradMode enable_grad(true);
-      at::Tensor out = layer->forward(x, saved[1], saved[2], seqs, impl);
+      at::Tensor out;
+      {  // the forward under the forward's autocast state; the backward outside it, as in training
+        const ScopedAutocast autocast(x.device().type(), autocast_dtype);
+        out = layer->forward(x, saved[1], saved[2], seqs, impl);
+      }
       torch::autograd::backward({out}, {grad_outputs[0]});
     }
     generator.set_state(rng_now);
@@ -213,6 +227,10 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& 
   at::Tensor h = model->embed_tokens->forward(input_ids);  // [T, hidden]
   auto [cos, sin] = rotary_.tables(position_ids, h.scalar_type());
   const bool checkpoint = options.gradient_checkpointing && at::GradMode::is_enabled() && is_training();
+  // A checkpointed layer reaches its parameters only through the recompute in backward, which autograd
+  // runs only if the layer's input requires grad. With frozen embeddings (LoRA, freeze) it does not: make
+  // it (as transformers' enable_input_require_grads does), or the trainable layers get no gradient.
+  if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);
   for (const auto& module : *model->layers) {
     auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(module);
     if (checkpoint) {

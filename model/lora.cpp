@@ -132,15 +132,13 @@ std::vector<std::string> apply_freeze(CausalLM& model, const FreezeSpec& spec) {
     }
     return false;
   };
+  // As LLaMA-Factory matches them: the module name is a substring of the parameter name, so `norm` trains
+  // every norm (each layer's input/post-attention norms and the final norm), not only model.norm.
   auto is_extra = [&](const std::string& name) {
     for (const std::string& extra : spec.extra_modules) {
-      if (extra == "embed_tokens" && name == "model.embed_tokens.weight") return true;
-      if (extra == "norm" && name == "model.norm.weight") return true;
-      // With tied embeddings lm_head *is* embed_tokens.
-      if (extra == "lm_head" && (name == "lm_head.weight" ||
-                                 (model->config().tie_word_embeddings && name == "model.embed_tokens.weight"))) {
-        return true;
-      }
+      if (name.find(extra) != std::string::npos) return true;
+      // With tied embeddings lm_head *is* embed_tokens (LLaMA-Factory rejects lm_head then).
+      if (extra == "lm_head" && model->config().tie_word_embeddings && name == "model.embed_tokens.weight") return true;
     }
     return false;
   };

@@ -52,10 +52,13 @@ struct FreezeSpec {
   std::optional<int64_t> layer_count = 2;      // > 0: last N, < 0: first |N|
   std::vector<int64_t> layer_indices;          // used when layer_count is empty
   std::vector<std::string> trainable_modules;  // {"all"} or names matched as a path component
-  std::vector<std::string> extra_modules;      // embed_tokens, norm, lm_head
+  std::vector<std::string> extra_modules;      // embed_tokens, norm (every *norm* parameter), lm_head
 };
 
-// LLaMA-Factory freeze semantics. Throws InputError when a layer index is out of range.
+// LLaMA-Factory freeze semantics (_setup_freeze_tuning): the selected layers, narrowed to
+// trainable_modules (a whole path component within the layer: self_attn, mlp, input_layernorm, ... and,
+// beyond LLaMA-Factory, single projections such as q_proj), plus every parameter whose name contains an
+// extra_modules entry. Throws InputError when a layer index is out of range.
 // Returns the names of the trainable parameters.
 std::vector<std::string> apply_freeze(CausalLM& model, const FreezeSpec& spec);
 

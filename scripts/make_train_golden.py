@@ -8,12 +8,17 @@ loss does not depend on shuffle order. The loss of a step is the sum of target-t
 over the whole step divided by the step's target count (no per-micro-batch averaging).
 
 Runs (10 optimizer steps each, cosine schedule with 2 warmup steps, clip 1.0, weight decay 0.01):
-  lora    PEFT LoRA r=4 alpha=8 on q,k,v,o,gate,up,down, dropout 0 (init saved as adapter_init/)
-  full    every parameter trains
-  freeze  last layer trainable (requires_grad), plus the final norm
-Outputs in <out>/train/: data.jsonl, base model dir, per run: losses.json, final weights (safetensors),
+  lora           PEFT LoRA r=4 alpha=8 on q,k,v,o,gate,up,down, dropout 0 (init saved as adapter_init/)
+  rslora         the same with use_rslora=True: scale alpha/sqrt(r) (init saved as adapter_init_rslora/)
+  full           every parameter trains
+  freeze         LLaMA-Factory freeze: trainable_layers 1, modules all, extra_modules [norm]
+  freeze_narrow  LLaMA-Factory freeze: trainable_layers -1, modules [mlp], extra [embed_tokens, lm_head]
+Freeze runs set requires_grad with LLaMA-Factory's own rules (_setup_freeze_tuning: ".{layer}.{module}"
+and extra-module substrings of the parameter name), reimplemented in llamafactory_trainable().
+Outputs in <out>/train/: data.jsonl, base model dir, per run: <run>_losses.json, <run>_final.safetensors,
 plus lora_grads.safetensors: LoRA gradients after the first backward (B set non-zero first so A has a
-gradient; the adapter used is adapter_grad/).
+gradient; the adapter used is adapter_grad/), and freeze_sets.json: the trainable parameter names
+LLaMA-Factory's rules give for a set of freeze settings (our explicit layer lists as layer ids).
 """
 import argparse
 import hashlib
@@ -100,6 +105,46 @@ def count_targets(examples):
     return sum(1 for ex in examples for t in ex["labels"][1:] if t != -100)
 
 
+# Freeze settings (trainable_layers, trainable_modules, extra_modules) as in our config.
+FREEZE_RUNS = {
+    "freeze": dict(trainable_layers=1, trainable_modules=["all"], extra_modules=["norm"]),
+    "freeze_narrow": dict(trainable_layers=-1, trainable_modules=["mlp"], extra_modules=["embed_tokens", "lm_head"]),
+}
+FREEZE_SETS = list(FREEZE_RUNS.values()) + [
+    dict(trainable_layers=1, trainable_modules=["all"], extra_modules=[]),
+    dict(trainable_layers=-1, trainable_modules=["all"], extra_modules=[]),
+    dict(trainable_layers=5, trainable_modules=["all"], extra_modules=[]),
+    dict(trainable_layers=[0], trainable_modules=["all"], extra_modules=[]),
+    dict(trainable_layers=[0, 1], trainable_modules=["self_attn"], extra_modules=[]),
+    dict(trainable_layers=1, trainable_modules=["mlp", "input_layernorm"], extra_modules=["embed_tokens"]),
+    dict(trainable_layers=-2, trainable_modules=["self_attn"], extra_modules=["norm", "lm_head"]),
+]
+
+
+def llamafactory_trainable(model, trainable_layers, trainable_modules, extra_modules):
+    """Parameter names LLaMA-Factory's _setup_freeze_tuning (model/adapter.py) leaves trainable: the layer
+    ids (last N for N > 0, first |N| for N < 0; our explicit lists as given), then the substrings
+    ".{id}.{module}" ("all": ".{id}.") and each extra module name, matched anywhere in the name."""
+    n_layers = model.config.num_hidden_layers
+    if isinstance(trainable_layers, list):
+        layer_ids = trainable_layers
+    elif trainable_layers > 0:
+        layer_ids = range(max(0, n_layers - trainable_layers), n_layers)
+    else:
+        layer_ids = range(min(-trainable_layers, n_layers))
+    patterns = [".{:d}.{}".format(i, m if m != "all" else "") for m in trainable_modules for i in layer_ids]
+    patterns += extra_modules
+    return [n for n, _ in model.named_parameters() if any(p in n for p in patterns)]
+
+
+def save_run(out, name, history, final):
+    """<name>_losses.json (loss, lr, grad_norm per step) and <name>_final.safetensors."""
+    losses, lrs, norms = history
+    save_file({n: p.detach().clone().contiguous() for n, p in final.items()}, str(out / f"{name}_final.safetensors"))
+    (out / f"{name}_losses.json").write_text(json.dumps({"loss": losses, "lr": lrs, "grad_norm": norms}, indent=1))
+    print(f"[golden] {name} losses {losses[0]:.5f} -> {losses[-1]:.5f}")
+
+
 def load_base(base_dir):
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -120,17 +165,17 @@ def build(out: Path, models_dir: Path):
             f.write(json.dumps(ex) + "\n")
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    # ---- LoRA ----
-    torch.manual_seed(7)
+    # ---- LoRA, and LoRA with rank-stabilised scaling ----
     lora_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(load_base(base_dir), lora_cfg)
-    peft_model.save_pretrained(out / "adapter_init")
-    params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-    losses, lrs, norms = train(peft_model, params, examples)
-    final = {n.replace(".default", ""): p.detach().clone().contiguous() for n, p in params}
-    save_file(final, str(out / "lora_final.safetensors"))
-    (out / "lora_losses.json").write_text(json.dumps({"loss": losses, "lr": lrs, "grad_norm": norms}, indent=1))
-    print(f"[golden] lora losses {losses[0]:.5f} -> {losses[-1]:.5f}")
+    rslora_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM",
+                            use_rslora=True)
+    for name, cfg, init_dir in (("lora", lora_cfg, "adapter_init"), ("rslora", rslora_cfg, "adapter_init_rslora")):
+        torch.manual_seed(7)
+        peft_model = get_peft_model(load_base(base_dir), cfg)
+        peft_model.save_pretrained(out / init_dir)
+        params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+        final = {n.replace(".default", ""): p for n, p in params}
+        save_run(out, name, train(peft_model, params, examples), final)
 
     # ---- LoRA gradients after one backward, from an adapter with non-zero B ----
     torch.manual_seed(8)
@@ -151,22 +196,20 @@ def build(out: Path, models_dir: Path):
     torch.manual_seed(9)
     model = load_base(base_dir)
     params = [(n, p) for n, p in model.named_parameters()]
-    losses, lrs, norms = train(model, params, examples)
-    save_file({n: p.detach().clone().contiguous() for n, p in params}, str(out / "full_final.safetensors"))
-    (out / "full_losses.json").write_text(json.dumps({"loss": losses, "lr": lrs, "grad_norm": norms}, indent=1))
-    print(f"[golden] full losses {losses[0]:.5f} -> {losses[-1]:.5f}")
+    save_run(out, "full", train(model, params, examples), dict(params))
 
-    # ---- freeze: last layer + final norm ----
+    # ---- freeze, with LLaMA-Factory's requires_grad rules ----
+    for name, settings in FREEZE_RUNS.items():
+        model = load_base(base_dir)
+        trainable = set(llamafactory_trainable(model, **settings))
+        for n, p in model.named_parameters():
+            p.requires_grad = n in trainable
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        save_run(out, name, train(model, params, examples), dict(model.named_parameters()))
+
     model = load_base(base_dir)
-    n_layers = model.config.num_hidden_layers
-    for n, p in model.named_parameters():
-        p.requires_grad = n.startswith(f"model.layers.{n_layers - 1}.") or n == "model.norm.weight"
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    losses, lrs, norms = train(model, params, examples)
-    save_file({n: p.detach().clone().contiguous() for n, p in model.named_parameters()},
-              str(out / "freeze_final.safetensors"))
-    (out / "freeze_losses.json").write_text(json.dumps({"loss": losses, "lr": lrs, "grad_norm": norms}, indent=1))
-    print(f"[golden] freeze losses {losses[0]:.5f} -> {losses[-1]:.5f}")
+    sets = [dict(settings, trainable=llamafactory_trainable(model, **settings)) for settings in FREEZE_SETS]
+    (out / "freeze_sets.json").write_text(json.dumps(sets, indent=1))
 
 
 def main():

@@ -63,6 +63,7 @@ void visit_fields(Config& c, V& v) {
   v("train.adam_eps", c.train.adam_eps, "AdamW epsilon");
   v("train.max_grad_norm", c.train.max_grad_norm, "clip gradients to this global L2 norm (<= 0: no clipping)");
   v("train.device", c.train.device, "auto|cpu|cuda");
+  v("train.mixed_precision", c.train.mixed_precision, "auto|none|bf16: bf16 autocast with fp32 master weights for trained parameters (auto: bf16 on CUDA unless model.dtype is float32/float16, none on CPU)");
   v("train.threads", c.train.threads, "CPU threads; 0 = all cores");
   v("eval.every_steps", c.eval.every_steps, "evaluate every N optimizer steps; 0 = only at the end");
   v("eval.batch_size", c.eval.batch_size, "examples per evaluation batch");
@@ -267,6 +268,9 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   one_of("finetune.method", c.finetune.method, {"lora", "freeze", "full"});
   one_of("train.scheduler", c.train.scheduler, {"cosine", "linear", "constant"});
   one_of("train.device", c.train.device, {"auto", "cpu", "cuda"});
+  one_of("train.mixed_precision", c.train.mixed_precision, {"auto", "none", "bf16"});
+  check(c.train.mixed_precision != "bf16" || c.model.dtype != "float16",
+        "train.mixed_precision bf16 needs model.dtype auto, bfloat16 or float32 (not float16)");
   check(c.data.eval_ratio >= 0 && c.data.eval_ratio < 1, "data.eval_ratio must be in [0, 1)");
   check(c.data.max_seq_len >= 2, "data.max_seq_len must be >= 2");
   check(c.data.max_invalid >= 0, "data.max_invalid must be >= 0");

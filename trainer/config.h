@@ -61,6 +61,7 @@ struct TrainOptions {
   double adam_eps = 1.0e-8;
   double max_grad_norm = 1.0;        // <= 0 disables clipping
   std::string device = "auto";       // auto|cpu|cuda
+  std::string mixed_precision = "auto";  // auto|none|bf16 (auto: bf16 on CUDA, none on CPU)
   int64_t threads = 0;
 };
 

@@ -1,23 +1,104 @@
-// trainer/evaluate.cpp: the evaluation loop.
+// trainer/evaluate.cpp: the evaluation loop: teacher-forced scores per batch, then greedy decoding
+// per example for exact match.
 #include "trainer/evaluate.h"
 
 #include <torch/torch.h>
 
+#include <cctype>
 #include <cmath>
+
+#include "common/errors.h"
 
 namespace sft {
 
-EvalResult evaluate(model::CausalLM& lm, const std::vector<data::EvalBatch>& batches, const Runtime& runtime,
-                    const std::function<void(const ExampleScore&)>& on_example) {
+namespace {
+
+std::string trim(const std::string& text) {
+  const size_t begin = text.find_first_not_of(" \t\r\n");
+  if (begin == std::string::npos) return "";
+  const size_t end = text.find_last_not_of(" \t\r\n");
+  return text.substr(begin, end - begin + 1);
+}
+
+// The last supervised run of an example: [begin, end) token indices with labels != -100. The tokens
+// before it are the prompt; the run itself is the reference answer.
+std::pair<size_t, size_t> last_supervised_run(const data::TokenizedExample& example) {
+  size_t end = example.labels.size();
+  while (end > 0 && example.labels[end - 1] == data::kIgnoreIndex) --end;
+  size_t begin = end;
+  while (begin > 0 && example.labels[begin - 1] != data::kIgnoreIndex) --begin;
+  return {begin, end};
+}
+
+}  // namespace
+
+std::string normalize_answer(const std::string& text) {
+  std::string out;
+  bool space = false;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c >= 0x80) {
+      if (space && !out.empty()) out += ' ';
+      out += static_cast<char>(std::tolower(c));
+      space = false;
+    } else {
+      space = true;
+    }
+  }
+  return out;
+}
+
+nlohmann::json EvalResult::to_json() const {
+  nlohmann::json j = {{"examples", examples},   {"target_tokens", target_tokens}, {"loss", loss},
+                      {"perplexity", perplexity}, {"token_accuracy", token_accuracy}};
+  if (exact_match) j["exact_match"] = *exact_match;
+  if (exact_match_normalized) j["exact_match_normalized"] = *exact_match_normalized;
+  return j;
+}
+
+Evaluator::Evaluator(const Config& config, const Runtime& runtime, const model::ModelConfig& model_config,
+                     const data::Tokenizer* tokenizer, const std::vector<data::TokenizedExample>& examples)
+    : examples_(examples), tokenizer_(tokenizer), runtime_(runtime) {
+  if (config.eval.generate) {
+    if (!tokenizer) throw InputError("eval.generate needs text data and a tokenizer (not data.format tokenized)");
+    model::GenerationOptions options;
+    options.max_new_tokens = config.eval.max_new_tokens;
+    options.temperature = 0.0;  // greedy: exact match scores the argmax answer, and nothing draws random numbers
+    options.attention = runtime.attention;
+    options.stop_ids = model::default_stop_ids(model_config, tokenizer);
+    generation_ = options;
+  }
+  if (!examples.empty()) {
+    batches_ = data::make_eval_batches(examples, config.eval.batch_size, run_pad_id(tokenizer),
+                                       /*pad_rows=*/!config.data.packing);
+  }
+}
+
+GenerationScore Evaluator::generate(model::CausalLM& lm, const data::TokenizedExample& example) const {
+  auto [begin, end] = last_supervised_run(example);
+  std::vector<int32_t> prompt(example.input_ids.begin(), example.input_ids.begin() + begin);
+  std::vector<int32_t> answer;
+  for (size_t i = begin; i < end; ++i) {
+    if (!tokenizer_->is_special(example.input_ids[i])) answer.push_back(example.input_ids[i]);
+  }
+  GenerationScore score;
+  score.reference = trim(tokenizer_->decode(answer, /*skip_special_tokens=*/true));
+  score.output = trim(model::generate_text(lm, *tokenizer_, prompt, *generation_));
+  score.exact_match = score.output == score.reference;
+  score.exact_match_normalized = normalize_answer(score.output) == normalize_answer(score.reference);
+  return score;
+}
+
+EvalResult Evaluator::run(model::CausalLM& lm, const std::function<void(const ExampleScore&)>& on_example) const {
   const bool was_training = lm->is_training();
   lm->eval();
   torch::NoGradGuard no_grad;
+  const AutocastScope autocast(runtime_);  // evaluate in the precision training computes in
   double loss_sum = 0;
-  int64_t targets = 0, correct = 0, examples = 0;
-  for (const data::EvalBatch& eval_batch : batches) {
-    const data::Batch batch = eval_batch.batch.to(runtime.device);
+  int64_t targets = 0, correct = 0, examples = 0, exact = 0, exact_normalized = 0;
+  for (const data::EvalBatch& eval_batch : batches_) {
+    const data::Batch batch = eval_batch.batch.to(runtime_.device);
     kernels::PackedSequences seqs{batch.cu_seqlens, batch.cu_seqlens_host, batch.max_seqlen};
-    at::Tensor hidden = lm->forward(batch.input_ids, batch.position_ids, seqs, runtime.forward_options());
+    at::Tensor hidden = lm->forward(batch.input_ids, batch.position_ids, seqs, runtime_.forward_options());
     at::Tensor logits = lm->logits(hidden.index_select(0, batch.target_positions)).to(at::kFloat);  // [N, V]
     at::Tensor token_loss = at::cross_entropy_loss(logits, batch.target_ids, {}, at::Reduction::None);  // [N]
     at::Tensor hits = logits.argmax(-1).eq(batch.target_ids);                                           // [N]
@@ -38,6 +119,11 @@ EvalResult evaluate(model::CausalLM& lm, const std::vector<data::EvalBatch>& bat
       targets += score.targets;
       correct += score.correct;
       ++examples;
+      if (generation_) {
+        score.generation = generate(lm, examples_[score.index]);
+        exact += score.generation->exact_match;
+        exact_normalized += score.generation->exact_match_normalized;
+      }
       if (on_example) on_example(score);
     }
   }
@@ -48,6 +134,10 @@ EvalResult evaluate(model::CausalLM& lm, const std::vector<data::EvalBatch>& bat
   result.loss = targets ? loss_sum / targets : 0.0;
   result.perplexity = std::exp(result.loss);
   result.token_accuracy = targets ? static_cast<double>(correct) / targets : 0.0;
+  if (generation_ && examples > 0) {
+    result.exact_match = static_cast<double>(exact) / examples;
+    result.exact_match_normalized = static_cast<double>(exact_normalized) / examples;
+  }
   return result;
 }
 

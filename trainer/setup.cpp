@@ -2,6 +2,7 @@
 #include "trainer/setup.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -25,16 +26,28 @@ Runtime resolve_runtime(const Config& config) {
   } else if (config.train.device == "auto" && cuda_available) {
     runtime.device = at::Device(at::kCUDA, 0);
   }
-  if (config.model.dtype == "auto") {
-    runtime.dtype = runtime.device.is_cuda() ? at::kBFloat16 : at::kFloat;
-  } else {
+  runtime.autocast_dtype = resolve_mixed_precision(config, runtime.device);
+  if (config.model.dtype != "auto") {
     runtime.dtype = model::parse_dtype(config.model.dtype, "model.dtype");
+  } else if (runtime.autocast_dtype) {
+    runtime.dtype = *runtime.autocast_dtype;
+  } else {
+    runtime.dtype = runtime.device.is_cuda() ? at::kBFloat16 : at::kFloat;
   }
+  runtime.gradient_checkpointing = config.model.gradient_checkpointing;
   runtime.attention =
       kernels::resolve_attention_impl(kernels::parse_attention_impl(config.model.attention), runtime.device);
-  runtime.gradient_checkpointing = config.model.gradient_checkpointing;
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
   return runtime;
+}
+
+std::optional<at::ScalarType> resolve_mixed_precision(const Config& config, const at::Device& device) {
+  const std::string& mode = config.train.mixed_precision;
+  if (mode == "bf16") return at::kBFloat16;
+  // auto: bf16 on CUDA, where it is the norm, unless model.dtype asks for float32 or float16 compute.
+  const bool bf16_model = config.model.dtype == "auto" || config.model.dtype == "bfloat16";
+  if (mode == "auto" && device.is_cuda() && bf16_model) return at::kBFloat16;
+  return std::nullopt;
 }
 
 fs::path tokenizer_dir(const Config& config) {
@@ -99,15 +112,19 @@ TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config
                          " differs from finetune.lora.r " + std::to_string(spec.rank));
       }
     }
-    // Adapters always train in fp32 (master weights), whatever the base dtype.
-    for (auto& [path, lora] : model::lora_modules(lm)) {
-      lora->lora_A->weight.set_data(lora->lora_A->weight.to(at::kFloat));
-      lora->lora_B->weight.set_data(lora->lora_B->weight.to(at::kFloat));
-    }
   } else if (method == "freeze") {
     model::apply_freeze(lm, freeze_spec_from(config));
   } else {
     for (auto& p : lm->parameters()) p.set_requires_grad(true);
+  }
+  // fp32 master weights: LoRA adapters always, whatever the base dtype; with mixed precision every trainable
+  // parameter (as LLaMA-Factory upcasts them). Frozen parameters keep the compute dtype.
+  const at::Device device = lm->parameters().front().device();
+  if (method == "lora" || resolve_mixed_precision(config, device)) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : lm->parameters()) {
+      if (p.requires_grad()) p.set_data(p.to(at::kFloat));
+    }
   }
   return count_parameters(lm);
 }

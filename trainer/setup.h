@@ -5,9 +5,11 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/autocast.h"
 #include "data/pipeline.h"
 #include "data/tokenizer.h"
 #include "model/lora.h"
@@ -17,14 +19,31 @@ namespace sft {
 
 struct Runtime {
   at::Device device{at::kCPU};
-  at::ScalarType dtype = at::kFloat;  // compute dtype of the frozen base weights
+  at::ScalarType dtype = at::kFloat;  // compute dtype: the model loads in it and frozen weights stay in it
+  // Mixed precision (train.mixed_precision): the forward runs under LibTorch autocast in this dtype and
+  // trainable parameters are fp32 master weights. Empty: no autocast; ops run in the parameters' dtypes.
+  std::optional<at::ScalarType> autocast_dtype;
   kernels::AttentionImpl attention = kernels::AttentionImpl::Auto;
   bool gradient_checkpointing = false;
   model::ForwardOptions forward_options() const { return {attention, gradient_checkpointing}; }
 };
 
-// device auto -> cuda when available; dtype auto -> float32 on CPU, bfloat16 on CUDA; sets threads.
+// device auto -> cuda when available; mixed_precision auto -> bf16 on CUDA (unless model.dtype is float32
+// or float16), none on CPU; dtype auto -> the autocast dtype with mixed precision, else float32 on CPU and
+// bfloat16 on CUDA; sets threads.
 Runtime resolve_runtime(const Config& config);
+
+// train.mixed_precision resolved for a device: the autocast dtype, or empty for none.
+std::optional<at::ScalarType> resolve_mixed_precision(const Config& config, const at::Device& device);
+
+// While alive, ops on the runtime's device type run under autocast in runtime.autocast_dtype (matmuls
+// in bf16, precision-sensitive ops in fp32), as `with torch.autocast(device_type, dtype)` does; CPU and
+// CUDA alike. A no-op without mixed precision. Restores the previous autocast state. Wrap forwards only:
+// backward runs outside (autograd replays the casts the forward recorded).
+class AutocastScope : public ScopedAutocast {
+ public:
+  explicit AutocastScope(const Runtime& runtime) : ScopedAutocast(runtime.device.type(), runtime.autocast_dtype) {}
+};
 
 std::filesystem::path tokenizer_dir(const Config& config);
 std::unique_ptr<data::Tokenizer> load_run_tokenizer(const Config& config);
@@ -46,7 +65,9 @@ struct TrainableSummary {
 };
 
 // Applies finetune.method to a loaded model (seeded: LoRA A init draws from the default generator).
-// LoRA with finetune.lora.init_from loads that adapter instead of a fresh init.
+// LoRA with finetune.lora.init_from loads that adapter instead of a fresh init. Trainable parameters
+// become fp32 master weights (LoRA adapters always; every trainable parameter with mixed precision);
+// frozen ones keep the compute dtype.
 TrainableSummary apply_finetune_method(model::CausalLM& model, const Config& config);
 TrainableSummary count_parameters(model::CausalLM& model);
 

@@ -68,13 +68,18 @@ struct StepStats {
 };
 
 // Sum of target-token cross-entropies of one micro-batch: lm_head runs on target positions only, so
-// prompt and padding rows never pay for the vocabulary projection. Returns a 0-dim fp32 tensor.
+// prompt and padding rows never pay for the vocabulary projection. With mixed precision the forward and
+// lm_head run under autocast; the cross-entropy is always fp32. Returns a 0-dim fp32 tensor.
 at::Tensor masked_loss_sum(model::CausalLM& lm, const data::Batch& batch, const Runtime& runtime) {
   kernels::PackedSequences seqs{batch.cu_seqlens, batch.cu_seqlens_host, batch.max_seqlen};
-  at::Tensor hidden = lm->forward(batch.input_ids, batch.position_ids, seqs, runtime.forward_options());  // [T, H]
-  at::Tensor selected = hidden.index_select(0, batch.target_positions);                                  // [N, H]
-  at::Tensor logits = lm->logits(selected).to(at::kFloat);                                               // [N, V]
-  return at::cross_entropy_loss(logits, batch.target_ids, {}, at::Reduction::Sum);
+  at::Tensor logits;  // [N, V]
+  {
+    const AutocastScope autocast(runtime);
+    at::Tensor hidden = lm->forward(batch.input_ids, batch.position_ids, seqs, runtime.forward_options());  // [T, H]
+    at::Tensor selected = hidden.index_select(0, batch.target_positions);                                  // [N, H]
+    logits = lm->logits(selected);
+  }
+  return at::cross_entropy_loss(logits.to(at::kFloat), batch.target_ids, {}, at::Reduction::Sum);
 }
 
 class NonFiniteError : public std::runtime_error {
@@ -119,9 +124,11 @@ StepStats train_step(TrainContext& ctx) {
                          "): stopped before the optimizer step; earlier checkpoints are intact");
   }
 
-  // 4. AdamW with this step's scheduled learning rate.
+  // 4. AdamW with this step's scheduled learning rate. A step without a single target has no gradient:
+  //    weights, moments and AdamW's step count stay as they are (no weight decay either, as
+  //    torch.optim.AdamW skips parameters whose grad is None); the schedule still advances.
   stats.lr = lr_at(ctx.step, ctx.schedule);
-  ctx.optimizer->step(stats.lr);
+  if (stats.target_tokens > 0) ctx.optimizer->step(stats.lr);
   ctx.optimizer->zero_grad();
   ++ctx.step;
   return stats;
@@ -255,13 +262,6 @@ void plan_steps(TrainContext& ctx) {
   ctx.schedule.min_lr_ratio = t.min_lr_ratio;
   ctx.schedule.warmup_steps =
       t.warmup_steps > 0 ? t.warmup_steps : static_cast<int64_t>(std::ceil(t.warmup_ratio * ctx.total_steps));
-}
-
-nlohmann::json eval_line(int64_t step, const EvalResult& r) {
-  nlohmann::json line = {{"step", step}, {"loss", r.loss}, {"perplexity", r.perplexity},
-                         {"token_accuracy", r.token_accuracy}, {"target_tokens", r.target_tokens}};
-  if (r.exact_match) line["exact_match"] = *r.exact_match;
-  return line;
 }
 
 void export_final(TrainContext& ctx, const fs::path& out_dir) {
@@ -439,9 +439,8 @@ int command_train(const std::vector<std::string>& args) {
   loader_options.seed = static_cast<uint64_t>(ctx.config.train.seed);
   loader_options.pad_id = pad_id;
   ctx.loader = std::make_unique<data::BatchLoader>(data.train, loader_options);
-  const std::vector<data::EvalBatch> eval_batches =
-      data.eval.empty() ? std::vector<data::EvalBatch>{}
-                        : data::make_eval_batches(data.eval, ctx.config.eval.batch_size, pad_id, !ctx.config.data.packing);
+  // Held-out scoring through the same Evaluator as `sft eval` (eval.generate: exact match too).
+  const Evaluator evaluator(ctx.config, ctx.runtime, model_config, tokenizer.get(), data.eval);
 
   ctx.model = model::load_pretrained(ctx.config.model.path, ctx.runtime.dtype, ctx.runtime.device);
   const TrainableSummary summary = apply_finetune_method(ctx.model, ctx.config);
@@ -469,13 +468,20 @@ int command_train(const std::vector<std::string>& args) {
   JsonlWriter metrics(out_dir / "metrics.jsonl");
   JsonlWriter eval_log(out_dir / "eval.jsonl");
   auto run_eval = [&](int64_t step) {
-    if (eval_batches.empty()) return;
-    EvalResult r = evaluate(ctx.model, eval_batches, ctx.runtime);
-    eval_log.write(eval_line(step, r));
+    if (evaluator.empty()) return;
+    const EvalResult r = evaluator.run(ctx.model);
+    nlohmann::json line = r.to_json();
+    line["step"] = step;
+    eval_log.write(line);
     char text[200];
     std::snprintf(text, sizeof(text), "eval step %lld: loss %.4f  ppl %.3f  token_accuracy %.4f",
                   static_cast<long long>(step), r.loss, r.perplexity, r.token_accuracy);
-    std::cerr << text << "\n";
+    std::cerr << text;
+    if (r.exact_match) {
+      std::snprintf(text, sizeof(text), "  exact_match %.4f (normalized %.4f)", *r.exact_match, *r.exact_match_normalized);
+      std::cerr << text;
+    }
+    std::cerr << "\n";
   };
 
   ProgressDisplay progress(ctx.total_steps, ctx.config.log.progress);
