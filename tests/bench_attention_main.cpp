@@ -1,9 +1,14 @@
-// tests/bench_attention_main.cpp: the CPU attention benchmark behind scripts/bench_attention.sh. Times
-// fp32 forward and forward+backward of the fused CPU twin against LibTorch's per-document SDPA on packed
-// batches (1 to 4 documents per row), and prints a markdown table. `model.attention: auto` on the CPU
-// picks the winner of this table (kernels/attention_dispatch.cpp, kCpuAutoImpl).
+// tests/bench_attention_main.cpp: the attention benchmarks, printed as markdown tables.
+//   bench_attention [REPS]   CPU (scripts/bench_attention.sh): fp32 forward and forward+backward of the
+//                            fused CPU twin against LibTorch's per-document SDPA on packed rows of 1 to 8
+//                            documents. `model.attention: auto` on the CPU picks the winner
+//                            (kernels/attention_dispatch.cpp, kCpuAutoImpl).
+//   bench_attention --cuda   GPU (scripts/gpu_check.sh): TFLOP/s of our CUDA kernel forward and
+//                            forward+backward against SDPA's flash and cuDNN backends, bf16, 16k tokens
+//                            per run, model dim 2048, seq 512-8k, head_dim 64/128, causal and not.
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -12,8 +17,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
+#include <string>
 #include <vector>
 
+#include "kernels/fused_attention.h"
 #include "kernels/ops.h"
 
 namespace {
@@ -77,13 +85,102 @@ void run(int reps) {
   }
 }
 
+// ---- GPU: TFLOP/s with FlashAttention's formula: fwd = 4 * B * L^2 * H * D (/2 causal), fwd+bwd = 3.5 x fwd.
+double cuda_time_ms(const std::function<void()>& fn) {
+  fn();  // warm-up
+  torch::cuda::synchronize();
+  const int reps = 10;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; ++r) fn();
+  torch::cuda::synchronize();  // sync point: timing only
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
+enum class SdpaBackend { Flash, CuDNN };
+// Forces one SDPA backend for the duration of `fn` (LibTorch's global SDP flags, restored afterwards).
+// A backend that rejects the shape or GPU is reported as nan.
+double time_sdpa(SdpaBackend backend, const std::function<void()>& fn) {
+  auto& ctx = at::globalContext();
+  const bool flash = ctx.userEnabledFlashSDP(), cudnn = ctx.userEnabledCuDNNSDP(),
+             mem = ctx.userEnabledMemEfficientSDP(), math = ctx.userEnabledMathSDP();
+  ctx.setSDPUseFlash(backend == SdpaBackend::Flash);
+  ctx.setSDPUseCuDNN(backend == SdpaBackend::CuDNN);
+  ctx.setSDPUseMemEfficient(false);
+  ctx.setSDPUseMath(false);
+  double ms = std::nan("");
+  try {
+    ms = cuda_time_ms(fn);
+  } catch (const std::exception&) {
+  }
+  ctx.setSDPUseFlash(flash);
+  ctx.setSDPUseCuDNN(cudnn);
+  ctx.setSDPUseMemEfficient(mem);
+  ctx.setSDPUseMath(math);
+  return ms;
+}
+
+void run_cuda() {
+  if (!sft::kernels::fused_attention_has_cuda()) throw std::runtime_error("this build has no CUDA kernels");
+  if (!torch::cuda::is_available()) throw std::runtime_error("no CUDA device is available");
+  const at::Device cuda(at::kCUDA, 0);
+  auto randn = [&](int64_t t, int64_t h, int64_t d) { return at::randn({t, h, d}, at::kFloat).to(cuda).to(at::kBFloat16); };
+  std::printf("TFLOP/s, bf16, 16k tokens per run, model dim 2048\n\n");
+  std::printf("| seqlen | D | causal | ours fwd | flash fwd | cudnn fwd | ours fwd+bwd | flash fwd+bwd | cudnn fwd+bwd |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (int d : {64, 128}) {
+    for (bool causal : {false, true}) {
+      for (int len : {512, 1024, 2048, 4096, 8192}) {
+        const int batch = 16384 / len, heads = 2048 / d;
+        const int64_t total = static_cast<int64_t>(batch) * len;
+        std::vector<int32_t> offsets{0};
+        for (int b = 0; b < batch; ++b) offsets.push_back(offsets.back() + len);
+        const at::Tensor cu_host = at::tensor(offsets, at::kInt);
+        const PackedSequences seqs{cu_host.to(cuda), cu_host, len};
+        const double scale = 1.0 / std::sqrt(d);
+        const at::Tensor q = randn(total, heads, d), k = randn(total, heads, d), v = randn(total, heads, d),
+                         dout = randn(total, heads, d);
+        auto bhld = [&](const at::Tensor& x) { return x.view({batch, len, heads, d}).transpose(1, 2); };  // SDPA layout
+        const double fwd_flops = 4.0 * batch * len * static_cast<double>(len) * heads * d / (causal ? 2 : 1);
+        auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
+        auto ours = [&](bool bwd) {
+          return [&, bwd] {
+            at::Tensor qg = q.detach().requires_grad_(bwd), kg = k.detach().requires_grad_(bwd),
+                       vg = v.detach().requires_grad_(bwd);
+            at::Tensor out = sft::kernels::varlen_attention(qg, kg, vg, seqs, scale, causal, AttentionImpl::Fused);
+            if (bwd) torch::autograd::grad({out}, {qg, kg, vg}, {dout});
+          };
+        };
+        auto sdpa = [&](bool bwd) {
+          return [&, bwd] {
+            at::Tensor qg = bhld(q).detach().requires_grad_(bwd), kg = bhld(k).detach().requires_grad_(bwd),
+                       vg = bhld(v).detach().requires_grad_(bwd);
+            at::Tensor out = at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, causal, scale);
+            if (bwd) torch::autograd::grad({out}, {qg, kg, vg}, {bhld(dout)});
+          };
+        };
+        const double r[6] = {tflops(fwd_flops, cuda_time_ms(ours(false))),
+                             tflops(fwd_flops, time_sdpa(SdpaBackend::Flash, sdpa(false))),
+                             tflops(fwd_flops, time_sdpa(SdpaBackend::CuDNN, sdpa(false))),
+                             tflops(3.5 * fwd_flops, cuda_time_ms(ours(true))),
+                             tflops(3.5 * fwd_flops, time_sdpa(SdpaBackend::Flash, sdpa(true))),
+                             tflops(3.5 * fwd_flops, time_sdpa(SdpaBackend::CuDNN, sdpa(true)))};
+        std::printf("| %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", len, d, causal, r[0], r[1], r[2],
+                    r[3], r[4], r[5]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
     at::manual_seed(0);
-    run(reps);
+    if (argc > 1 && std::string(argv[1]) == "--cuda") {
+      run_cuda();
+    } else {
+      run(argc > 1 ? std::max(1, std::atoi(argv[1])) : 5);
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_attention: %s\n", e.what());

@@ -2,17 +2,15 @@
 // CPU twin's case matrix: the kernel's max error against the fp64 reference (out, dq, dk, dv) must be at
 // most 2x the error of LibTorch's own same-dtype attention. Fresh random inputs every run; outputs are
 // poisoned with NaN before each launch (check_fused_against_reference). Plus determinism, the autograd
-// path, the start-up self-check, and an opt-in TFLOP/s benchmark (SFT_BENCH=1, run by scripts/gpu_check.sh).
+// path and the start-up self-check. The TFLOP/s benchmark is `bench_attention --cuda` (scripts/gpu_check.sh).
 // Every test skips with a reason when the build has no CUDA kernels or no CUDA device is present.
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -165,90 +163,6 @@ TEST(AttentionCuda, RejectsUnsupportedInputs) {
   EXPECT_THROW(fused_varlen_attention(randn_on_gpu({8, 2, 64}, at::kBFloat16), randn_on_gpu({8, 2, 64}, at::kBFloat16),
                                       randn_on_gpu({8, 2, 64}, at::kBFloat16), p.cu_host, p.cu_host, 8, 0.1, false),
                c10::Error);  // device cu_seqlens on the CPU
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Benchmark (opt-in: SFT_BENCH=1). TFLOP/s with FlashAttention's formula: fwd = 4 * B * L^2 * H * D
-// (/2 causal), bwd = 2.5 x fwd. 16k tokens per run (B = 16384 / L), model dim 2048 (H = 2048 / D), bf16.
-double time_ms(const std::function<void()>& fn) {
-  fn();  // warm-up
-  torch::cuda::synchronize();
-  const int reps = 10;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int r = 0; r < reps; ++r) fn();
-  torch::cuda::synchronize();  // sync point: timing only
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
-}
-
-enum class SdpaBackend { Flash, CuDNN };
-// Forces one SDPA backend for the duration of `fn` (LibTorch's global SDP flags, restored afterwards).
-double time_sdpa(SdpaBackend backend, const std::function<void()>& fn) {
-  auto& ctx = at::globalContext();
-  const bool flash = ctx.userEnabledFlashSDP(), cudnn = ctx.userEnabledCuDNNSDP(), mem = ctx.userEnabledMemEfficientSDP(),
-             math = ctx.userEnabledMathSDP();
-  ctx.setSDPUseFlash(backend == SdpaBackend::Flash);
-  ctx.setSDPUseCuDNN(backend == SdpaBackend::CuDNN);
-  ctx.setSDPUseMemEfficient(false);
-  ctx.setSDPUseMath(false);
-  double ms = std::nan("");
-  try {
-    ms = time_ms(fn);
-  } catch (const std::exception&) {  // backend unavailable for this shape/GPU: reported as n/a
-  }
-  ctx.setSDPUseFlash(flash);
-  ctx.setSDPUseCuDNN(cudnn);
-  ctx.setSDPUseMemEfficient(mem);
-  ctx.setSDPUseMath(math);
-  return ms;
-}
-
-TEST(AttentionBench, CudaTflops) {
-  SKIP_WITHOUT_GPU();
-  if (std::getenv("SFT_BENCH") == nullptr) GTEST_SKIP() << "set SFT_BENCH=1 to run the CUDA attention benchmark";
-  fresh_seed();
-  std::printf("| seqlen | D | causal | ours fwd | flash fwd | cudnn fwd | ours fwd+bwd | flash fwd+bwd | cudnn fwd+bwd |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
-  for (int d : {64, 128}) {
-    for (bool causal : {false, true}) {
-      for (int len : {512, 1024, 2048, 4096, 8192}) {
-        const int batch = 16384 / len, heads = 2048 / d;
-        const int64_t total = static_cast<int64_t>(batch) * len;
-        const Packed p = pack(std::vector<int32_t>(batch, len));
-        PackedSequences seqs{p.cu_host.to(kCuda), p.cu_host, p.max_len};
-        const double scale = 1.0 / std::sqrt(d);
-        const at::Tensor q = randn_on_gpu({total, heads, d}, at::kBFloat16), k = randn_on_gpu({total, heads, d}, at::kBFloat16),
-                         v = randn_on_gpu({total, heads, d}, at::kBFloat16), dout = randn_on_gpu({total, heads, d}, at::kBFloat16);
-        // SDPA layout [B, H, L, D]
-        auto bhld = [&](const at::Tensor& x) { return x.view({batch, len, heads, d}).transpose(1, 2); };
-        const double fwd_flops = 4.0 * batch * len * static_cast<double>(len) * heads * d / (causal ? 2 : 1);
-        auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
-        auto ours = [&](bool bwd) {
-          return [&, bwd] {
-            at::Tensor qg = q.detach().requires_grad_(bwd), kg = k.detach().requires_grad_(bwd),
-                       vg = v.detach().requires_grad_(bwd);
-            at::Tensor out = varlen_attention(qg, kg, vg, seqs, scale, causal, AttentionImpl::Fused);
-            if (bwd) torch::autograd::grad({out}, {qg, kg, vg}, {dout});
-          };
-        };
-        auto sdpa = [&](bool bwd) {
-          return [&, bwd] {
-            at::Tensor qg = bhld(q).detach().requires_grad_(bwd), kg = bhld(k).detach().requires_grad_(bwd),
-                       vg = bhld(v).detach().requires_grad_(bwd);
-            at::Tensor out = at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, causal, scale);
-            if (bwd) torch::autograd::grad({out}, {qg, kg, vg}, {bhld(dout)});
-          };
-        };
-        const double r[6] = {tflops(fwd_flops, time_ms(ours(false))),
-                             tflops(fwd_flops, time_sdpa(SdpaBackend::Flash, sdpa(false))),
-                             tflops(fwd_flops, time_sdpa(SdpaBackend::CuDNN, sdpa(false))),
-                             tflops(3.5 * fwd_flops, time_ms(ours(true))),
-                             tflops(3.5 * fwd_flops, time_sdpa(SdpaBackend::Flash, sdpa(true))),
-                             tflops(3.5 * fwd_flops, time_sdpa(SdpaBackend::CuDNN, sdpa(true)))};
-        std::printf("| %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", len, d, causal, r[0], r[1], r[2],
-                    r[3], r[4], r[5]);
-      }
-    }
-  }
 }
 
 }  // namespace

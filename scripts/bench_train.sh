@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# scripts/bench_train.sh: the training benchmark (not a test). Runs the same LoRA SFT job with `sft train`
+# and with HF transformers + PEFT (same torch, threads, model, token ids, sequence length, batch, steps)
+# on the tiny golden Llama and on SmolLM2-135M-Instruct, and prints one table per model
+# (scripts/bench_train.py). Usage: scripts/bench_train.sh [extra bench_train.py flags, e.g. --steps 20]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh >/dev/null
+bash scripts/build.sh sft >/dev/null
+bash scripts/get_model.sh >/dev/null
+.venv/bin/python scripts/make_quiz_data.py >/dev/null
+.venv/bin/python scripts/make_train_golden.py >/dev/null
+for model in tiny smollm2; do
+  .venv/bin/python scripts/bench_train.py --model "$model" "$@"
+done
