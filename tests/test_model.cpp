@@ -90,6 +90,16 @@ TEST_P(ModelParity, PackedBatchEqualsSeparateForwards) {
     at::Tensor slice = logits.slice(0, offset, offset + lengths[d]);
     const double tol = 1e-5 * std::max(1.0, max_abs(ref.logits[d]));
     EXPECT_LE(max_abs(slice - ref.logits[d]), tol) << "doc " << d << " leaked attention across documents";
+    // Per-example next-token loss: packed, run alone (ours), and from transformers' logits.
+    const int64_t len = lengths[d];
+    auto next_token_loss = [&](const at::Tensor& doc_logits) {
+      return at::cross_entropy_loss(doc_logits.slice(0, 0, len - 1), ref.input_ids[d].slice(0, 1, len)).item<double>();
+    };
+    const double packed_loss = next_token_loss(slice);
+    const double alone_loss = next_token_loss(forward_logits(lm, ref.input_ids[d], kernels::AttentionImpl::Sdpa));
+    const double reference_loss = next_token_loss(ref.logits[d]);
+    EXPECT_NEAR(packed_loss, alone_loss, 1e-6 * alone_loss) << "doc " << d;
+    EXPECT_NEAR(packed_loss, reference_loss, 1e-5 * reference_loss) << "doc " << d;
     offset += lengths[d];
   }
 }
