@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -224,7 +225,13 @@ INSTANTIATE_TEST_SUITE_P(
                       BadCase{"bad_no_assistant.jsonl", "ends with a \"user\" turn", 2, invalid_reason::kNoAssistantTurn},
                       BadCase{"bad_utf8.jsonl", "not valid UTF-8 (byte 16", 2, invalid_reason::kNotUtf8},
                       BadCase{"empty.jsonl", "data file is empty", 0, ""},
-                      BadCase{"no_such_file.jsonl", "cannot open", 0, ""}));
+                      BadCase{"no_such_file.jsonl", "cannot open", 0, ""}),
+    [](const ::testing::TestParamInfo<BadCase>& info) {  // the fixture name: stable, readable test names
+      std::string name = info.param.file;
+      name = name.substr(0, name.find('.'));
+      for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+      return name;
+    });
 
 TEST(DataBadInputExtra, UndetectableFormatAndNonObject) {
   test::TempDir dir;
