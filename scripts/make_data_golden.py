@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT.parent / "shared" / "assets" / "tokenizers"
+ASSETS = ROOT / "tests" / "assets" / "tokenizers"
 
 MISTRAL_V01_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' %}\n"

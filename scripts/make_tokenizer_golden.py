@@ -29,7 +29,7 @@ import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT.parent / "shared" / "assets" / "tokenizers"
+ASSETS = ROOT / "tests" / "assets" / "tokenizers"
 SMOLLM2 = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
 QUIZ_DIR = Path("/usr/share/games/bsdgames/quiz")
 

@@ -27,7 +27,7 @@ fs::path golden_dir() {
   return dir;
 }
 
-fs::path assets_dir() { return fs::weakly_canonical(source_dir() / ".." / "shared" / "assets"); }
+fs::path assets_dir() { return source_dir() / "tests" / "assets"; }
 
 fs::path sft_binary() {
   const char* env = std::getenv("SFT_BINARY");

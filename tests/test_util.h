@@ -9,7 +9,7 @@ namespace sft::test {
 // Fails the calling test (never skips) when the directory is missing: a missing golden is a broken setup.
 std::filesystem::path golden_dir();
 std::filesystem::path source_dir();
-std::filesystem::path assets_dir();  // ../shared/assets relative to the source dir
+std::filesystem::path assets_dir();  // tests/assets in the source tree (real tokenizers, see its README)
 std::filesystem::path sft_binary();
 
 // A fresh empty directory under the system temp dir, removed by the destructor.
