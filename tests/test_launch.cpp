@@ -297,8 +297,9 @@ TEST(LaunchEnv, TwoNodesOnLoopback) {
                 tmp.path() / "node0.out");
   const int port = hosted_port(node0);
   ASSERT_GT(port, 0);
-  Spawned node1(launch_argv({"--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1",
-                             "--master-port", std::to_string(port), "--", rank_script}),
+  // Node 1 is given its options with torchrun's underscore spellings, which sft launch accepts too.
+  Spawned node1(launch_argv({"--nproc_per_node", "2", "--nnodes", "2", "--node_rank", "1", "--master_addr", "127.0.0.1",
+                             "--master_port=" + std::to_string(port), "--", rank_script}),
                 tmp.path() / "node1.out");
   EXPECT_EQ(node1.wait(20), 0) << node1.output();
   EXPECT_EQ(node0.wait(20), 0) << node0.output();
@@ -493,6 +494,33 @@ TEST(LaunchSignals, SecondSigintEscalatesToSigkill) {
   EXPECT_EQ(launcher->wait(10), 1) << launcher->output();
   EXPECT_TRUE(contains(launcher->output(), "SIGINT again: killing every rank (SIGKILL)")) << launcher->output();
   EXPECT_TRUE(contains(launcher->output(), ") was killed by signal 9 (SIGKILL)")) << launcher->output();
+  expect_no_rank_left(dir, 2);
+}
+
+// After a forwarded SIGTERM, a rank that fails must not bring the others a second SIGTERM (sft train
+// takes a second one as "die now", in the middle of its checkpoint); they get SIGKILL after the grace.
+TEST(LaunchSignals, FailureAfterAForwardedStopSendsNoSecondSigterm) {
+  test::TempDir tmp;
+  const fs::path dir = tmp.path();
+  auto launcher = start_two_ranks(
+      tmp, "if [ $RANK = 1 ]; then trap 'exit 4' TERM; else n=0; trap 'n=$((n+1)); echo $n > " + dir.string() +
+               "/terms.0' TERM; fi\n" + record_pid(dir) + wait_until_exists(dir / "never"));
+  ASSERT_TRUE(launcher);
+  // --grace-s is the default 30 s here, so the test bounds it by the SIGKILL below instead.
+  kill(launcher->pid(), SIGTERM);
+  EXPECT_TRUE(wait_for_file(dir / "terms.0"));
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (!contains(launcher->output(), "already got the stop signal") && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // time for a (wrong) second SIGTERM to land
+  EXPECT_EQ(test::read_text(dir / "terms.0"), "1\n") << "rank 0 got a second SIGTERM";
+  EXPECT_TRUE(contains(launcher->output(), "rank 1 (local rank 1, pid ")) << launcher->output();
+  EXPECT_TRUE(contains(launcher->output(), ") exited with code 4; the other 1 rank(s) already got the stop signal: "
+                                           "SIGKILL after 30 s"))
+      << launcher->output();
+  kill(launcher->pid(), SIGTERM);  // a second request: SIGKILL now
+  EXPECT_EQ(launcher->wait(10), 4) << launcher->output();
   expect_no_rank_left(dir, 2);
 }
 

@@ -87,7 +87,14 @@ LaunchOptions parse_launch_options(const std::vector<std::string>& args) {
   if (options.command.empty()) {
     throw InputError("sft launch: nothing after `--`: give an sft subcommand (train, eval, ...) or a program path");
   }
-  const CommandLine cli("launch", std::vector<std::string>(args.begin(), separator),
+  // torchrun's underscore spellings (--nproc_per_node, --master_port, ...) are accepted too.
+  std::vector<std::string> launcher_args(args.begin(), separator);
+  for (std::string& arg : launcher_args) {
+    if (arg.rfind("--", 0) != 0) continue;
+    const size_t end = std::min(arg.find('='), arg.size());
+    std::replace(arg.begin(), arg.begin() + static_cast<std::ptrdiff_t>(end), '_', '-');
+  }
+  const CommandLine cli("launch", launcher_args,
                         {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--grace-s"});
   for (const std::vector<std::string>* stray : {&cli.positional(), &cli.overrides()}) {
     if (!stray->empty()) {

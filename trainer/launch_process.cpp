@@ -266,10 +266,16 @@ int supervise_ranks(const std::vector<RankSpec>& specs, double grace_s, const La
       if (failure && !first_failure) {
         first_failure = failure;
         const size_t others = count_running(ranks);
-        if (others > 0) {
-          say(failure->message + "; stopping the other " + std::to_string(others) + " rank(s): SIGTERM, then SIGKILL after " +
-              seconds_text(grace_s));
+        if (others > 0 && stop_requests == 0) {
+          say(failure->message + "; stopping the other " + std::to_string(others) +
+              " rank(s): SIGTERM, then SIGKILL after " + seconds_text(grace_s));
           signal_all(SIGTERM);
+          kill_deadline = Clock::now() + grace;
+        } else if (others > 0) {
+          // They already got the forwarded stop signal; a second one would make sft train die at once,
+          // in the middle of its checkpoint. Only the SIGKILL deadline is added.
+          say(failure->message + "; the other " + std::to_string(others) + " rank(s) already got " +
+              "the stop signal: SIGKILL after " + seconds_text(grace_s));
           kill_deadline = Clock::now() + grace;
         }
       }
