@@ -534,6 +534,32 @@ TEST(LaunchSignals, SigkilledLauncherLeavesNoRankBehind) {
   expect_no_rank_left(tmp.path(), 2);  // PR_SET_PDEATHSIG: the kernel SIGKILLs them
 }
 
+// ---- with the real trainer ----
+
+// The user's case: Ctrl-C/SIGTERM to `sft launch -- train`: the trainer finishes its step, saves a
+// checkpoint and exits 0, and so does the launcher. One rank, so it needs nothing of the c10d side.
+TEST(LaunchTrain, SigtermMakesTheTrainerSaveAndEveryoneExit0) {
+  test::TempDir tmp;
+  const fs::path g = test::golden_dir() / "train";
+  const fs::path out = tmp.path() / "out";
+  test::write_text(tmp.path() / "run.yaml",
+                   "model: {path: " + (g / "base").string() + ", attention: sdpa}\n" +
+                       "data: {train: " + (g / "data.jsonl").string() + ", format: tokenized, packing: false}\n" +
+                       "finetune: {method: lora}\n"
+                       "train: {epochs: 50, micro_batch_size: 2, threads: 1}\n"
+                       "log: {every_steps: 1, progress: false}\n"
+                       "output_dir: " + out.string() + "\n");
+  Spawned launcher(
+      launch_argv({"--nproc-per-node", "1", "--master-port", "0", "--", "train", (tmp.path() / "run.yaml").string()}),
+      tmp.path() / "launcher.out");
+  ASSERT_TRUE(wait_for_file(out / "metrics.jsonl", 60)) << launcher.output();
+  kill(launcher.pid(), SIGTERM);
+  EXPECT_EQ(launcher.wait(60), 0) << launcher.output();
+  EXPECT_TRUE(contains(launcher.output(), "[rank 0] sft train: stopped after step ")) << launcher.output();
+  ASSERT_TRUE(fs::is_directory(out / "checkpoints")) << launcher.output();
+  EXPECT_FALSE(fs::is_empty(out / "checkpoints")) << "no checkpoint saved";
+}
+
 // ---- bad usage: exit 2 with a message, no rank started ----
 
 void expect_usage_error(const std::vector<std::string>& args, const std::string& needle) {
