@@ -226,99 +226,136 @@ LaunchSignals::~LaunchSignals() {
   sigaction(SIGCHLD, &original_chld_, nullptr);
 }
 
-int supervise_ranks(const std::vector<RankSpec>& specs, double grace_s, const LaunchSignals& signals) {
-  std::vector<RankProcess> ranks = start_ranks(specs, signals.original_mask());
-  std::optional<Failure> first_failure;
-  constexpr Clock::time_point kNoDeadline = Clock::time_point::max();
-  Clock::time_point kill_deadline = kNoDeadline;  // set while stopping the ranks after a failure
-  int stop_requests = 0;                            // SIGTERM/SIGINT received by the launcher
-  const auto grace = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_s));
+namespace {
 
-  auto signal_all = [&](int signo) {
-    for (const RankProcess& rank : ranks) rank.signal(signo);
-  };
-  auto handle_stop_request = [&](int signo) {
-    ++stop_requests;
-    if (stop_requests == 1) {
+// The launcher's state while the ranks run, and what it does on each event of the poll loop.
+class Supervisor {
+ public:
+  Supervisor(std::vector<RankProcess> ranks, double grace_s) : ranks_(std::move(ranks)), grace_s_(grace_s) {}
+
+  bool any_running() const { return count_running(ranks_) > 0; }
+
+  // Every open output pipe, for poll(). The pointers stay valid while the ranks_ vector is unchanged.
+  std::vector<OutputPipe*> open_pipes() {
+    std::vector<OutputPipe*> pipes;
+    for (RankProcess& rank : ranks_) {
+      for (OutputPipe* pipe : {&rank.out, &rank.err}) {
+        if (pipe->fd >= 0) pipes.push_back(pipe);
+      }
+    }
+    return pipes;
+  }
+
+  // poll()'s timeout: -1 (none) unless a SIGKILL deadline is pending.
+  int poll_timeout_ms() const {
+    if (kill_deadline_ == kNoDeadline) return -1;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(kill_deadline_ - Clock::now()).count();
+    return static_cast<int>(std::max<int64_t>(0, left));
+  }
+
+  // SIGTERM/SIGINT to the launcher: the first is forwarded, the next ones kill.
+  void on_stop_request(int signo) {
+    ++stop_requests_;
+    if (stop_requests_ == 1) {
       say(signal_name(signo) + ": forwarded to every rank; waiting for them to exit (send it again to kill them)");
       signal_all(signo);
     } else {
       say(signal_name(signo) + " again: killing every rank (SIGKILL)");
       signal_all(SIGKILL);
     }
-  };
-  auto reap = [&]() {
-    for (RankProcess& rank : ranks) {
+  }
+
+  // Reaps every rank that has ended; the first failure stops the others.
+  void reap() {
+    for (RankProcess& rank : ranks_) {
       if (!rank.running) continue;
       int status = 0;
       const pid_t done = waitpid(rank.pid, &status, WNOHANG);
       if (done == 0) continue;
-      if (done < 0 && errno == EINTR) continue;
       rank.running = false;
       // What it wrote before exiting is in the pipes now; a grandchild may still hold them open, so
       // take what is there and close rather than wait for an end of file.
-      rank.out.read_available();
-      rank.err.read_available();
-      rank.out.close_and_flush();
-      rank.err.close_and_flush();
-      std::optional<Failure> failure = done < 0 ? Failure{rank.describe() + " could not be waited for", 1}
-                                                : failure_of(rank, status);
-      if (failure && !first_failure) {
-        first_failure = failure;
-        const size_t others = count_running(ranks);
-        if (others > 0 && stop_requests == 0) {
-          say(failure->message + "; stopping the other " + std::to_string(others) +
-              " rank(s): SIGTERM, then SIGKILL after " + seconds_text(grace_s));
-          signal_all(SIGTERM);
-          kill_deadline = Clock::now() + grace;
-        } else if (others > 0) {
-          // They already got the forwarded stop signal; a second one would make sft train die at once,
-          // in the middle of its checkpoint. Only the SIGKILL deadline is added.
-          say(failure->message + "; the other " + std::to_string(others) + " rank(s) already got " +
-              "the stop signal: SIGKILL after " + seconds_text(grace_s));
-          kill_deadline = Clock::now() + grace;
-        }
-      }
-    }
-  };
-
-  while (count_running(ranks) > 0) {
-    std::vector<pollfd> fds{{signals.fd(), POLLIN, 0}};
-    std::vector<OutputPipe*> pipes;
-    for (RankProcess& rank : ranks) {
       for (OutputPipe* pipe : {&rank.out, &rank.err}) {
-        if (pipe->fd < 0) continue;
-        fds.push_back({pipe->fd, POLLIN, 0});
-        pipes.push_back(pipe);
+        pipe->read_available();
+        pipe->close_and_flush();
+      }
+      std::optional<Failure> failure =
+          done < 0 ? Failure{rank.describe() + " could not be waited for", 1} : failure_of(rank, status);
+      if (failure && !first_failure_) {
+        first_failure_ = failure;
+        stop_others(failure->message);
       }
     }
-    int timeout_ms = -1;
-    if (kill_deadline != kNoDeadline) {
-      const auto left = std::chrono::ceil<std::chrono::milliseconds>(kill_deadline - Clock::now()).count();
-      timeout_ms = static_cast<int>(std::max<int64_t>(0, left));
+  }
+
+  void kill_if_grace_is_over() {
+    if (kill_deadline_ == kNoDeadline || Clock::now() < kill_deadline_) return;
+    if (any_running()) say("grace period over: killing the remaining rank(s) (SIGKILL)");
+    signal_all(SIGKILL);
+    kill_deadline_ = kNoDeadline;
+  }
+
+  // 0, or the first failure's code after naming it as the launcher's last line.
+  int exit_code() const {
+    if (!first_failure_) return 0;
+    say(first_failure_->message);
+    return first_failure_->exit_code;
+  }
+
+ private:
+  static constexpr Clock::time_point kNoDeadline = Clock::time_point::max();
+
+  void signal_all(int signo) const {
+    for (const RankProcess& rank : ranks_) rank.signal(signo);
+  }
+
+  // SIGTERM now, SIGKILL after the grace period. Ranks that already got a forwarded stop signal get no
+  // second SIGTERM: sft train would take it as "die now", in the middle of its checkpoint.
+  void stop_others(const std::string& failure) {
+    const size_t others = count_running(ranks_);
+    if (others == 0) return;
+    const std::string count = std::to_string(others) + " rank(s)";
+    if (stop_requests_ == 0) {
+      say(failure + "; stopping the other " + count + ": SIGTERM, then SIGKILL after " + seconds_text(grace_s_));
+      signal_all(SIGTERM);
+    } else {
+      say(failure + "; the other " + count + " already got the stop signal: SIGKILL after " + seconds_text(grace_s_));
     }
-    if (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) throw system_error("poll");
+    kill_deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_s_));
+  }
+
+  std::vector<RankProcess> ranks_;
+  double grace_s_;
+  std::optional<Failure> first_failure_;           // the root cause the launcher names
+  Clock::time_point kill_deadline_ = kNoDeadline;  // set while stopping the ranks after a failure
+  int stop_requests_ = 0;                          // SIGTERM/SIGINT received by the launcher
+};
+
+}  // namespace
+
+int supervise_ranks(const std::vector<RankSpec>& specs, double grace_s, const LaunchSignals& signals) {
+  Supervisor supervisor(start_ranks(specs, signals.original_mask()), grace_s);
+  while (supervisor.any_running()) {
+    // Sleeps until a signal, rank output or the SIGKILL deadline: never busy.
+    std::vector<OutputPipe*> pipes = supervisor.open_pipes();
+    std::vector<pollfd> fds{{signals.fd(), POLLIN, 0}};
+    for (const OutputPipe* pipe : pipes) fds.push_back({pipe->fd, POLLIN, 0});
+    if (poll(fds.data(), fds.size(), supervisor.poll_timeout_ms()) < 0 && errno != EINTR) throw system_error("poll");
 
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo info{};
       while (read(signals.fd(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
-        if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM) handle_stop_request(static_cast<int>(info.ssi_signo));
-      }  // SIGCHLD needs nothing here: reap() below looks at every running rank
+        // SIGCHLD needs nothing here: reap() below looks at every running rank.
+        if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM) supervisor.on_stop_request(info.ssi_signo);
+      }
     }
     for (size_t i = 0; i < pipes.size(); ++i) {
       if (fds[i + 1].revents & (POLLIN | POLLHUP | POLLERR)) pipes[i]->read_available();
     }
-    reap();
-    if (kill_deadline != kNoDeadline && Clock::now() >= kill_deadline) {
-      if (count_running(ranks) > 0) say("grace period over: killing the remaining rank(s) (SIGKILL)");
-      signal_all(SIGKILL);
-      kill_deadline = kNoDeadline;
-    }
+    supervisor.reap();
+    supervisor.kill_if_grace_is_over();
   }
-
-  if (!first_failure) return 0;
-  say(first_failure->message);
-  return first_failure->exit_code;
+  return supervisor.exit_code();
 }
 
 }  // namespace sft
