@@ -357,6 +357,7 @@ TEST(LaunchStore, TorchClientsSetAndGetKeysThroughIt) {
       "import datetime, os\n"
       "import torch.distributed as dist\n"
       "rank = int(os.environ['RANK'])\n"
+      "open(f'" + tmp.path().string() + "/pid.{rank}', 'w').write(str(os.getpid()))\n"
       "store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False,\n"
       "                      timeout=datetime.timedelta(seconds=30))\n"
       "store.set(f'key{rank}', f'value from {rank}')\n"
@@ -367,6 +368,7 @@ TEST(LaunchStore, TorchClientsSetAndGetKeysThroughIt) {
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_TRUE(contains(run.output, "[rank 0] got value from 1\n")) << run.output;
   EXPECT_TRUE(contains(run.output, "[rank 1] got value from 0\n")) << run.output;
+  expect_no_rank_left(tmp.path(), 2);
 }
 
 // ---- output ----
@@ -377,6 +379,7 @@ TEST(LaunchOutput, EveryLineOfEveryRankIsPrefixedWholeAndInOrder) {
   // launcher gets them cut mid-line), a CR, a CRLF and a last line without '\n'; one line on stderr.
   // stdout and stderr are separate pipes, so only the order within each is defined.
   const std::string body =
+      record_pid(tmp.path()) +
       "i=0; while [ $i -lt 200 ]; do echo \"line $RANK $i\"; i=$((i+1)); done\n"
       "awk -v r=$RANK 'BEGIN { for (j = 0; j < 10000; j++) s = s r; for (i = 0; i < 20; i++) print s }'\n"
       "printf 'bar 1\\rbar 2\\r\\ncrlf done\\n'\n"
@@ -407,6 +410,7 @@ TEST(LaunchOutput, EveryLineOfEveryRankIsPrefixedWholeAndInOrder) {
     EXPECT_EQ(got[222], "crlf done");
     EXPECT_EQ(got[223], "no newline " + std::to_string(r)) << "the partial last line is flushed at exit";
   }
+  expect_no_rank_left(tmp.path(), 2);
 }
 
 // COMMAND without a '/' is an sft subcommand run by the launcher's own binary.
