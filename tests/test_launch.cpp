@@ -169,6 +169,9 @@ struct BadUsage {
   std::string message;
 };
 
+// ctest lists a case by its name, not by the bytes of the struct.
+void PrintTo(const BadUsage& usage, std::ostream* out) { *out << usage.name; }
+
 class LaunchUsage : public ::testing::TestWithParam<BadUsage> {};
 
 TEST_P(LaunchUsage, Exits2WithAMessage) { expect_usage_error(GetParam().args, GetParam().message); }
