@@ -211,6 +211,18 @@ INSTANTIATE_TEST_SUITE_P(
                  "cannot run '/no/such/program': not an executable file"}),
     [](const ::testing::TestParamInfo<BadUsage>& info) { return std::string(info.param.name); });
 
+TEST(LaunchHelp, ListsTheCommandAndEveryOptionWithItsDefault) {
+  const auto listing = test::run_command(test::sft_binary().string() + " help");
+  EXPECT_TRUE(contains(listing.output, "  launch    start N ranks")) << listing.output;
+  const auto help = test::run_command(test::sft_binary().string() + " help launch");
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* text : {"usage: sft launch --nproc-per-node N", "--nnodes M", "(default 1)", "--node-rank R",
+                           "(default 0)", "--master-addr A", "(default 127.0.0.1)", "(default 29500); 0 = node 0 picks a free port",
+                           "--grace-s S", "(default 30)", "a program path (any\n           COMMAND with a '/')"}) {
+    EXPECT_TRUE(contains(help.output, text)) << "'" << text << "' not in:\n" << help.output;
+  }
+}
+
 TEST(LaunchPort, MasterPortInUseExits2NamingThePort) {
   // A plain listening socket holds the port (the two-launcher case is LaunchStore.SecondLauncher...).
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

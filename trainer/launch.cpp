@@ -102,7 +102,7 @@ LaunchOptions parse_launch_options(const std::vector<std::string>& args) {
                        "' before `--` (the command and its arguments go after `--`)");
     }
   }
-  cli.required("--nproc-per-node");
+  cli.required("--nproc-per-node");  // throws when it is absent: no default, unlike torchrun's 1
   options.nproc_per_node = bounded_integer(cli, "--nproc-per-node", 0, 1, kMaxProcsPerNode,
                                            "between 1 and " + std::to_string(kMaxProcsPerNode));
   options.nnodes = bounded_integer(cli, "--nnodes", 1, 1, 1 << 20, ">= 1");
