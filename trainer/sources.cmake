@@ -13,3 +13,4 @@ set(SFT_TRAINER_SOURCES
 )
 list(APPEND SFT_TRAINER_SOURCES trainer/generate_command.cpp)  # sft generate
 list(APPEND SFT_TRAINER_SOURCES trainer/checkpoint.cpp trainer/merge_command.cpp)  # checkpoints, sft merge
+list(APPEND SFT_TRAINER_SOURCES trainer/launch.cpp trainer/launch_process.cpp)  # sft launch
