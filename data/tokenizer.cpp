@@ -10,7 +10,7 @@
 
 #include "common/errors.h"
 #include "data/tokenizer_internal.h"
-#include "data/unicode.h"
+#include "data/tokenizer/unicode.h"
 
 namespace sft::data {
 namespace fs = std::filesystem;
@@ -50,7 +50,7 @@ uint32_t cp_before(std::string_view s, size_t pos) {
     --b;
   } while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80 && pos - b < 4);
   size_t len;
-  return unicode::decode_utf8(s.data() + b, pos - b, &len);
+  return tokenizer::decode_utf8(s.data() + b, pos - b, &len);
 }
 size_t cp_len_before(std::string_view s, size_t pos) {
   size_t b = pos;
@@ -93,9 +93,9 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<Split>& out) co
     const AddedToken& tok = tokens_[best];
     size_t start = pos, stop = best_end;
     if (tok.single_word) {
-      bool start_ok = start == 0 || !unicode::is_word(cp_before(text, start));
+      bool start_ok = start == 0 || !tokenizer::is_word(cp_before(text, start));
       size_t len;
-      bool stop_ok = stop == text.size() || !unicode::is_word(unicode::decode_utf8(text.data() + stop, text.size() - stop, &len));
+      bool stop_ok = stop == text.size() || !tokenizer::is_word(tokenizer::decode_utf8(text.data() + stop, text.size() - stop, &len));
       if (!start_ok || !stop_ok) {
         pos = stop;  // matches do not overlap: the search resumes after this one
         continue;
@@ -103,12 +103,12 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<Split>& out) co
     }
     if (tok.lstrip) {
       size_t s = start;
-      while (s > 0 && unicode::is_white_space(cp_before(text, s))) s -= cp_len_before(text, s);
+      while (s > 0 && tokenizer::is_white_space(cp_before(text, s))) s -= cp_len_before(text, s);
       start = std::max(s, start_offset);
     }
     if (tok.rstrip) {
       size_t len;
-      while (stop < text.size() && unicode::is_white_space(unicode::decode_utf8(text.data() + stop, text.size() - stop, &len))) {
+      while (stop < text.size() && tokenizer::is_white_space(tokenizer::decode_utf8(text.data() + stop, text.size() - stop, &len))) {
         stop += len;
       }
     }

@@ -17,13 +17,14 @@
 
 #include "common/errors.h"
 #include "data/tokenizer_internal.h"
-#include "data/tokenizer_regex.h"
-#include "data/unicode.h"
+#include "data/tokenizer/regex.h"
+#include "data/tokenizer/unicode.h"
 
 namespace sft::data::detail {
 namespace {
 
-namespace u = unicode;
+namespace u = sft::data::tokenizer;
+using u::Regex;
 using json = nlohmann::json;
 
 // ---------------------------------------------------------------- aligned text
@@ -110,6 +111,17 @@ NormText slice(const NormText& t, size_t a, size_t b) {
   return r;
 }
 
+// Code points of `s` and the byte offset of each, plus one past the end.
+void code_points(std::string_view s, std::vector<uint32_t>& cps, std::vector<size_t>& byte_pos) {
+  for (size_t i = 0; i < s.size();) {
+    size_t len;
+    cps.push_back(u::decode_utf8(s.data() + i, s.size() - i, &len));
+    byte_pos.push_back(i);
+    i += len;
+  }
+  byte_pos.push_back(s.size());
+}
+
 // ---------------------------------------------------------------- errors
 [[noreturn]] void bad(const std::string& file, const std::string& what) {
   throw InputError(file + ": " + what);
@@ -148,7 +160,7 @@ struct Normalizer {
   enum Kind { kPrepend, kReplace, kUnicode, kStrip } kind = kPrepend;
   std::string a, b;               // prepend: a; replace: a -> b (literal)
   std::optional<Regex> pattern;   // replace with a regex
-  u::NormalForm form = u::NormalForm::kNFC;
+  std::shared_ptr<const u::UnicodeNormalization> form;  // kUnicode
   bool strip_left = false, strip_right = false;
 };
 
@@ -161,20 +173,17 @@ void apply(const Normalizer& n, NormText& t) {
       if (!n.pattern) {
         replace_all(t, n.a, n.b);
       } else {
-        RegexText rt;
-        rt.assign(t.s);
-        std::vector<std::pair<size_t, size_t>> m;
-        n.pattern->find_all(rt, m);
+        std::vector<u::ByteRange> m;
+        n.pattern->find_all(t.s, m);
         for (size_t k = m.size(); k-- > 0;) {  // right to left keeps earlier positions valid
-          size_t pb = rt.byte_pos[m[k].first], pe = rt.byte_pos[m[k].second];
-          splice(t, pb, pe - pb, n.b);
+          splice(t, m[k].first, m[k].second - m[k].first, n.b);
         }
       }
       break;
     case Normalizer::kUnicode: {
       std::string out;
       std::vector<u::NormalizedRun> runs;
-      if (!u::normalize(t.s, n.form, out, runs)) break;
+      if (!n.form->normalize(t.s, out, runs)) break;
       t.materialize();
       NormText r;
       r.s = std::move(out);
@@ -195,14 +204,13 @@ void apply(const Normalizer& n, NormText& t) {
       break;
     }
     case Normalizer::kStrip: {
-      size_t a = 0, b = t.s.size();
-      RegexText rt;
-      rt.assign(t.s);
-      size_t lo = 0, hi = rt.cps.size();
-      if (n.strip_left) while (lo < hi && u::is_white_space(rt.cps[lo])) ++lo;
-      if (n.strip_right) while (hi > lo && u::is_white_space(rt.cps[hi - 1])) --hi;
-      a = rt.byte_pos[lo];
-      b = rt.byte_pos[hi];
+      std::vector<uint32_t> cps;
+      std::vector<size_t> byte_pos;
+      code_points(t.s, cps, byte_pos);
+      size_t lo = 0, hi = cps.size();
+      if (n.strip_left) while (lo < hi && u::is_white_space(cps[lo])) ++lo;
+      if (n.strip_right) while (hi > lo && u::is_white_space(cps[hi - 1])) --hi;
+      size_t a = byte_pos[lo], b = byte_pos[hi];
       if (a != 0 || b != t.s.size()) t = slice(t, a, b);
       break;
     }
@@ -570,8 +578,8 @@ void HfTokenizer::load_normalizer(const json& j, std::vector<Normalizer>& out) {
   } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
     Normalizer n;
     n.kind = Normalizer::kUnicode;
-    n.form = type == "NFC" ? u::NormalForm::kNFC : type == "NFD" ? u::NormalForm::kNFD
-             : type == "NFKC" ? u::NormalForm::kNFKC : u::NormalForm::kNFKD;
+    n.form = std::make_shared<u::UnicodeNormalization>(type == "NFC" ? u::NormalForm::kNFC : type == "NFD" ? u::NormalForm::kNFD
+             : type == "NFKC" ? u::NormalForm::kNFKC : u::NormalForm::kNFKD);
     out.push_back(std::move(n));
   } else if (type == "Strip") {
     Normalizer n;
@@ -632,9 +640,10 @@ void HfTokenizer::load_pre_tokenizer(const json& j) {
       p.prepend = PreTokenizer::kNever;
     }
   } else if (type == "Whitespace") {
-    // \w+|[^\w\s]+ kept, the rest (whitespace) removed.
+    // \w+|[^\w\s]+ kept, the rest (whitespace) removed. \w spelled out as Unicode word characters
+    // (letters, marks, Nd, Nl, connector punctuation): PCRE2's \w is letters, numbers and '_'.
     p.kind = PreTokenizer::kSplit;
-    p.regex.emplace("\\w+|[^\\w\\s]+");
+    p.regex.emplace("[\\p{L}\\p{M}\\p{Nd}\\p{Nl}\\p{Pc}]+|[^\\p{L}\\p{M}\\p{Nd}\\p{Nl}\\p{Pc}\\s]+");
     p.behavior = Behavior::kRemoved;
     p.invert = true;
   } else if (type == "WhitespaceSplit") {
@@ -725,7 +734,6 @@ std::string HfTokenizer::id_to_token(int32_t id) const {
 // ---------------------------------------------------------------- encode
 void HfTokenizer::pre_tokenize(const Piece& whole, std::deque<NormText>& storage, std::vector<Piece>& out) const {
   std::vector<Piece> cur{whole}, next;
-  RegexText rt;
   std::vector<std::pair<size_t, size_t>> matches, kept;
   std::vector<std::pair<std::pair<size_t, size_t>, bool>> events;
 
@@ -744,12 +752,11 @@ void HfTokenizer::pre_tokenize(const Piece& whole, std::deque<NormText>& storage
   };
   // Events from code point matches: alternating non-match / match ranges covering the piece.
   auto regex_events = [&](const Regex& re, bool invert) {
-    return [&re, invert, &rt, &matches, &events](const Piece& p) {
-      rt.assign(p.view());
-      re.find_all(rt, matches);
+    return [&re, invert, &matches, &events](const Piece& p) {
+      re.find_all(p.view(), matches);
       size_t prev = 0;
       for (const auto& m : matches) {
-        size_t b = rt.byte_pos[m.first], e = rt.byte_pos[m.second];
+        size_t b = m.first, e = m.second;
         if (prev != b) events.push_back({{prev, b}, invert});
         events.push_back({{b, e}, !invert});
         prev = e;
@@ -795,7 +802,7 @@ void HfTokenizer::pre_tokenize(const Piece& whole, std::deque<NormText>& storage
         }
         break;
       case PreTokenizer::kDigits:
-        split_pieces(char_events([](uint32_t cp) { return (u::bit(u::category(cp)) & u::kMaskNumber) != 0; }),
+        split_pieces(char_events([](uint32_t cp) { return u::is_number(cp); }),
                      pt.flag ? Behavior::kIsolated : Behavior::kContiguous);
         break;
       case PreTokenizer::kWhitespaceSplit:
@@ -1100,12 +1107,13 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
       }
       case Decoder::kStrip:
         for (auto& t : tokens) {
-          RegexText rt;
-          rt.assign(t);
-          size_t n = rt.cps.size(), lo = 0, hi = n;
-          for (size_t k = 0; k < d.start && lo < n && rt.cps[lo] == d.strip_char; ++k) ++lo;
-          for (size_t k = 0; k < d.stop && hi > lo && rt.cps[hi - 1] == d.strip_char; ++k) --hi;
-          t = t.substr(rt.byte_pos[lo], rt.byte_pos[hi] - rt.byte_pos[lo]);
+          std::vector<uint32_t> cps;
+          std::vector<size_t> byte_pos;
+          code_points(t, cps, byte_pos);
+          size_t n = cps.size(), lo = 0, hi = n;
+          for (size_t k = 0; k < d.start && lo < n && cps[lo] == d.strip_char; ++k) ++lo;
+          for (size_t k = 0; k < d.stop && hi > lo && cps[hi - 1] == d.strip_char; ++k) --hi;
+          t = t.substr(byte_pos[lo], byte_pos[hi] - byte_pos[lo]);
         }
         break;
       case Decoder::kByteLevel: {

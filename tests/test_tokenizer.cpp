@@ -3,7 +3,7 @@
 // `sentencepiece`) must encode to identical ids and decode to the reference text; offsets must tile the
 // input. The same corpus must also give `transformers` AutoTokenizer's ids with the pipeline the trainer
 // uses (TokenizerPipeline::kTransformers). Plus special-token metadata against `transformers`, the regex
-// engine and Unicode normalization on known cases, and every bad-input error we raise.
+// patterns on PCRE2 and Unicode normalization on utf8proc on known cases, and every bad-input error we raise.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -16,8 +16,8 @@
 
 #include "common/errors.h"
 #include "data/tokenizer.h"
-#include "data/tokenizer_regex.h"
-#include "data/unicode.h"
+#include "data/tokenizer/regex.h"
+#include "data/tokenizer/unicode.h"
 #include "tests/test_util.h"
 
 namespace sft::data {
@@ -181,7 +181,7 @@ std::string token_bytes(const Tokenizer& tok, int32_t id, bool byte_level, const
   if (byte_level) {
     for (size_t i = 0; i < t.size();) {
       size_t len;
-      uint32_t cp = unicode::decode_utf8(t.data() + i, t.size() - i, &len);
+      uint32_t cp = tokenizer::decode_utf8(t.data() + i, t.size() - i, &len);
       i += len;
       out.push_back(alphabet.to_byte.at(cp));
     }
@@ -218,7 +218,7 @@ TEST_P(TokenizerGolden, OffsetsTileTheInput) {
       for (size_t gap = from; gap < to; ++gap) {
         ASSERT_TRUE(byte_level) << where << " gap before token " << token;
         std::string symbol;
-        unicode::append_utf8(symbol, alphabet.to_char[static_cast<unsigned char>(g.text[gap])]);
+        tokenizer::append_utf8(symbol, alphabet.to_char[static_cast<unsigned char>(g.text[gap])]);
         ASSERT_FALSE(tok.token_to_id(symbol).has_value()) << where << " gap before token " << token;
       }
     };
@@ -487,13 +487,11 @@ TEST(TokenizerThreads, ConcurrentEncodeIsDeterministic) {
 
 // ---------------------------------------------------------------- regex engine and Unicode
 std::vector<std::string> regex_split(const std::string& pattern, const std::string& text) {
-  Regex re(pattern);
-  RegexText t;
-  t.assign(text);
-  std::vector<std::pair<size_t, size_t>> m;
-  re.find_all(t, m);
+  tokenizer::Regex re(pattern);
+  std::vector<tokenizer::ByteRange> m;
+  re.find_all(text, m);
   std::vector<std::string> out;
-  for (auto [b, e] : m) out.push_back(text.substr(t.byte_pos[b], t.byte_pos[e] - t.byte_pos[b]));
+  for (auto [b, e] : m) out.push_back(text.substr(b, e - b));
   return out;
 }
 
@@ -515,42 +513,65 @@ TEST(TokenizerRegex, OnigurumaSemanticsOnPreTokenizerPatterns) {
             (std::vector<std::string>{"\xE4\xBD\xA0\xE5\xA5\xBD", "\xE3\x80\x80", "\xD9\xA1\xD9\xA2"}));
   EXPECT_EQ(regex_split("a+?b|[x-z]{2}", "aaab xyz"), (std::vector<std::string>{"aaab", "xy"}));
   EXPECT_EQ(regex_split("(?:ab)+", "ababa ab"), (std::vector<std::string>{"abab", "ab"}));
+  // Where PCRE2 10.42 and the reference's Oniguruma disagree, the pattern is rewritten: \s is
+  // White_Space (not U+180E, which PCRE2 counts), and \p{L} has CJK Extension H (Unicode 15).
+  EXPECT_EQ(regex_split("\\s+", "a\xE1\xA0\x8E\xC2\x85" "b"), (std::vector<std::string>{"\xC2\x85"}));
+  EXPECT_EQ(regex_split("[^\\s\\p{L}]+", "x\xF0\xB1\x8D\x90" ","), (std::vector<std::string>{","}));
+  EXPECT_EQ(regex_split("\\p{L}+", "\xF0\xB1\x8D\x90" "a1"), (std::vector<std::string>{"\xF0\xB1\x8D\x90" "a"}));
+  // Invalid UTF-8 never matches; the search goes on after it.
+  EXPECT_EQ(regex_split("\\p{L}+", "ab\xFF" "cd"), (std::vector<std::string>{"ab", "cd"}));
 }
 
 TEST(TokenizerRegex, UnsupportedSyntaxIsRejected) {
-  EXPECT_THROW(Regex("(?<=a)b"), std::invalid_argument);
-  EXPECT_THROW(Regex("(a)\\1"), std::invalid_argument);
-  EXPECT_THROW(Regex("\\p{Han}"), std::invalid_argument);
-  EXPECT_THROW(Regex("[a-z"), std::invalid_argument);
-  EXPECT_THROW(Regex("a)"), std::invalid_argument);
+  // Lookbehind, backreferences and scripts are PCRE2 syntax as they are Oniguruma's: accepted now.
+  EXPECT_EQ(regex_split("(?<=a)b", "abb"), (std::vector<std::string>{"b"}));
+  EXPECT_EQ(regex_split("(a)\\1", "aaa"), (std::vector<std::string>{"aa"}));
+  EXPECT_EQ(regex_split("\\p{Han}+", "x\xE4\xB8\xAD"), (std::vector<std::string>{"\xE4\xB8\xAD"}));
+  EXPECT_THROW(tokenizer::Regex("[a-z"), std::invalid_argument);
+  EXPECT_THROW(tokenizer::Regex("a)"), std::invalid_argument);
+  EXPECT_THROW(tokenizer::Regex("\\p{NoSuchProperty}"), std::invalid_argument);
+  // A negated White_Space / letter class inside a class has no PCRE2 spelling with the rewrite.
+  EXPECT_THROW(tokenizer::Regex("[\\Sx]"), std::invalid_argument);
+  EXPECT_THROW(tokenizer::Regex("[\\P{L}x]"), std::invalid_argument);
 }
 
 TEST(TokenizerUnicode, NormalizationAndUtf8) {
+  namespace unicode = tokenizer;
   std::string out;
   std::vector<unicode::NormalizedRun> runs;
-  EXPECT_TRUE(unicode::normalize("e\xCC\x81", unicode::NormalForm::kNFC, out, runs));
+  const unicode::UnicodeNormalization nfc(unicode::NormalForm::kNFC), nfd(unicode::NormalForm::kNFD),
+      nfkc(unicode::NormalForm::kNFKC);
+  EXPECT_TRUE(nfc.normalize("e\xCC\x81", out, runs));
   EXPECT_EQ(out, "\xC3\xA9");
   ASSERT_EQ(runs.size(), 1u);
   EXPECT_EQ(runs[0].in_end, 3u);
-  EXPECT_TRUE(unicode::normalize("\xC3\xA9", unicode::NormalForm::kNFD, out, runs));
+  EXPECT_TRUE(nfd.normalize("\xC3\xA9", out, runs));
   EXPECT_EQ(out, "e\xCC\x81");
   // Hangul jamo compose algorithmically: U+1100 U+1161 U+11A8 -> U+AC01.
-  EXPECT_TRUE(unicode::normalize("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", unicode::NormalForm::kNFC, out, runs));
+  EXPECT_TRUE(nfc.normalize("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", out, runs));
   EXPECT_EQ(out, "\xEA\xB0\x81");
   // Marks are reordered by combining class: q + dot above (230) + dot below (220) -> below first.
-  EXPECT_TRUE(unicode::normalize("q\xCC\x87\xCC\xA3", unicode::NormalForm::kNFC, out, runs));
+  EXPECT_TRUE(nfc.normalize("q\xCC\x87\xCC\xA3", out, runs));
   EXPECT_EQ(out, "q\xCC\xA3\xCC\x87");
-  EXPECT_TRUE(unicode::normalize("\xEF\xAC\x81", unicode::NormalForm::kNFKC, out, runs));  // ligature fi
+  EXPECT_TRUE(nfkc.normalize("\xEF\xAC\x81", out, runs));  // ligature fi
   EXPECT_EQ(out, "fi");
-  EXPECT_FALSE(unicode::normalize("plain ascii", unicode::NormalForm::kNFC, out, runs));
-  EXPECT_FALSE(unicode::normalize("\xC3\xA9t\xC3\xA9", unicode::NormalForm::kNFC, out, runs));
+  EXPECT_FALSE(nfc.normalize("plain ascii", out, runs));
+  EXPECT_FALSE(nfc.normalize("\xC3\xA9t\xC3\xA9", out, runs));
   // Lossy UTF-8 replaces each maximal invalid subpart with one U+FFFD, like Rust's from_utf8_lossy.
   EXPECT_EQ(unicode::utf8_lossy("a\xF0\x9F\x98"), "a\xEF\xBF\xBD");
   EXPECT_EQ(unicode::utf8_lossy("\xFF\xFE"), "\xEF\xBF\xBD\xEF\xBF\xBD");
-  EXPECT_EQ(unicode::category(0x4E2D), unicode::kLo);
-  EXPECT_EQ(unicode::category('7'), unicode::kNd);
+  EXPECT_TRUE(unicode::is_word(0x4E2D));
+  EXPECT_FALSE(unicode::is_number(0x4E2D));
+  EXPECT_TRUE(unicode::is_number('7'));
+  EXPECT_TRUE(unicode::is_number(0x1E4F0));  // Nag Mundari digit zero (Unicode 15)
   EXPECT_TRUE(unicode::is_white_space(0x3000));
+  EXPECT_TRUE(unicode::is_white_space(0x85));
   EXPECT_FALSE(unicode::is_white_space(0x200B));
+  EXPECT_FALSE(unicode::is_white_space(0x180E));
+  // Code points the reference's normalizer does not know pass through: U+32FF (NFKC: 令和 in utf8proc),
+  // and U+11935 U+11930, which only utf8proc composes to U+11938.
+  EXPECT_FALSE(nfkc.normalize("\xE3\x8B\xBF", out, runs));
+  EXPECT_FALSE(nfc.normalize("\xF0\x91\xA4\xB5\xF0\x91\xA4\xB0", out, runs));
 }
 
 // ---------------------------------------------------------------- bad input
@@ -630,8 +651,8 @@ TEST(TokenizerErrors, MalformedTokenizerJsonNamesFileAndKey) {
       {"pre_tokenizer", [](json& j) { j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}}; },
        "pre_tokenizer type 'BertPreTokenizer' is not supported"},
       {"regex", [](json& j) {
-         j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(?<=x)y"}}}, {"behavior", "Isolated"}};
-       }, "regex (?<=x)y"},
+         j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(?<=x)[y"}}}, {"behavior", "Isolated"}};
+       }, "regex (?<=x)[y"},
       {"normalizer", [](json& j) { j["normalizer"] = {{"type", "BertNormalizer"}}; },
        "normalizer type 'BertNormalizer' is not supported"},
       {"decoder", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; }, "decoder type 'WordPiece' is not supported"},
