@@ -106,6 +106,16 @@ bool is_valid_utf8(std::string_view bytes) {
   return true;
 }
 
+void decode_all(std::string_view s, std::vector<uint32_t>& cps, std::vector<size_t>& byte_pos) {
+  for (size_t i = 0; i < s.size();) {
+    size_t len;
+    cps.push_back(decode_utf8(s.data() + i, s.size() - i, &len));
+    byte_pos.push_back(i);
+    i += len;
+  }
+  byte_pos.push_back(s.size());
+}
+
 bool is_white_space(uint32_t cp) {
   if (cp < 0x80) return cp == ' ' || (cp >= '\t' && cp <= '\r');
   if (cp == 0x85) return true;  // NEL: White_Space although its category is Cc

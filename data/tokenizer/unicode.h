@@ -20,6 +20,8 @@ void append_utf8(std::string& out, uint32_t cp);
 // Rust's String::from_utf8_lossy: each maximal invalid subsequence becomes one U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
 bool is_valid_utf8(std::string_view bytes);
+// The code points of `s` and the byte offset of each, plus one past the end (appended to both).
+void decode_all(std::string_view s, std::vector<uint32_t>& cps, std::vector<size_t>& byte_pos);
 
 bool is_white_space(uint32_t cp);  // the White_Space property (Rust char::is_whitespace, regex \s)
 bool is_number(uint32_t cp);       // general category N (Nd, Nl, No), as the reference's \p{N}
