@@ -3,11 +3,6 @@
 
 namespace sft::data::tokenizer {
 
-size_t NormalizedText::source_begin_of(size_t i) const {
-  if (identity()) return source_offset + i;
-  return i < source_begin.size() ? source_begin[i] : source_end.back();
-}
-
 void NormalizedText::materialize() {
   if (!identity() || text.empty()) return;
   source_begin.resize(text.size());

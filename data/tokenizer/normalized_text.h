@@ -19,7 +19,10 @@ struct NormalizedText {
 
   bool identity() const { return source_begin.empty(); }
   // Input offset where byte i starts (i == text.size(): where the text ends).
-  size_t source_begin_of(size_t i) const;
+  size_t source_begin_of(size_t i) const {
+    if (identity()) return source_offset + i;
+    return i < source_begin.size() ? source_begin[i] : source_end.back();
+  }
   // Input offset where byte i ends.
   size_t source_end_of(size_t i) const { return identity() ? source_offset + i + 1 : source_end[i]; }
   // Makes the alignment explicit (before a rewrite).
