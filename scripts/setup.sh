@@ -8,6 +8,7 @@ cd "$ROOT"
 
 APT_PACKAGES=(cmake g++ make ccache pkg-config python3-venv
               libsentencepiece-dev sentencepiece nlohmann-json3-dev libyaml-cpp-dev libgtest-dev
+              libpcre2-dev libutf8proc-dev
               bsdgames clang libclang-rt-14-dev)
 
 missing=()

@@ -4,6 +4,7 @@ set(SFT_TEST_SOURCES
   tests/test_safetensors.cpp
   tests/test_model.cpp
   tests/test_tokenizer.cpp
+  tests/test_tokenizer_components.cpp
   tests/test_data.cpp
   tests/test_attention.cpp
   tests/test_attention_cuda.cpp

@@ -407,36 +407,17 @@ Conversation from_golden(const json& messages) {
   return c;
 }
 
-// The strings each template must supervise: assistant text (as the template transforms it) plus the
-// end-of-turn token, one per assistant turn.
-std::vector<std::string> expected_targets(const std::string& tokenizer, const json& messages) {
-  std::vector<std::string> out;
-  size_t last = messages.size() - 1;
-  for (size_t i = 0; i < messages.size(); ++i) {
-    if (messages[i]["role"] != "assistant") continue;
-    std::string c = messages[i]["content"];
-    if (tokenizer == "qwen3" || tokenizer == "smollm2") {
-      std::string reasoning;
-      size_t close = c.find("</think>");
-      if (close != std::string::npos) {  // "<think>\nR\n</think>\n\nA" -> R, A
-        reasoning = c.substr(c.find("<think>") + 8, close - c.find("<think>") - 9);
-        c = c.substr(close + 10);
-      }
-      if (tokenizer == "qwen3" && i == last) {
-        c = "<think>\n" + reasoning + "\n</think>\n\n" + c.substr(std::min(c.size(), c.find_first_not_of('\n')));
-      }
-      out.push_back(c + "<|im_end|>");
-    } else if (tokenizer == "llama3") {
-      size_t b = c.find_first_not_of(" \t\n"), e = c.find_last_not_of(" \t\n");
-      out.push_back(c.substr(b, e - b + 1) + "<|eot_id|>");
-    } else if (tokenizer == "llama2") {  // " " + content.strip() + " </s>"
-      size_t b = c.find_first_not_of(" \t\n"), e = c.find_last_not_of(" \t\n");
-      out.push_back(" " + c.substr(b, e - b + 1) + " </s>");
-    } else {  // mistral: " " + content + "</s>"
-      out.push_back(" " + c + "</s>");
-    }
+// The strings each template must supervise, per case name: for each assistant turn, what transformers
+// renders after that turn's generation prompt, through the end-of-turn token (scripts/make_data_golden.py).
+std::map<std::string, std::vector<std::string>> load_golden_targets(const std::string& name) {
+  fs::path p = test::golden_dir() / "data" / ("chat_" + name + ".targets.json");
+  if (!fs::exists(p)) throw std::runtime_error(p.string() + " missing: run scripts/make_data_golden.py");
+  const json golden = json::parse(test::read_text(p));
+  std::map<std::string, std::vector<std::string>> targets;
+  for (const auto& c : golden.at("cases")) {
+    targets[c["name"].get<std::string>()] = c["targets"].get<std::vector<std::string>>();
   }
-  return out;
+  return targets;
 }
 
 SpecialTokens specials_from_config(const fs::path& dir, std::optional<std::string>* jinja) {
@@ -468,6 +449,7 @@ TEST(DataTemplateGolden, RenderedTextEqualsTransformers) {
 
 void check_ids_against_golden(const std::string& name, const fs::path& dir, const std::string& template_name) {
   json golden = load_golden(name);
+  const auto targets = load_golden_targets(name);
   std::unique_ptr<Tokenizer> tok = load_tokenizer(dir);
   ChatTemplate t = resolve_template(template_name, tok->chat_template(), (dir / "tokenizer_config.json").string());
   for (const auto& c : golden["cases"]) {
@@ -478,7 +460,8 @@ void check_ids_against_golden(const std::string& name, const fs::path& dir, cons
     // One tokenizer effect is allowed: when the response starts with whitespace, BPE may merge it with
     // the header's trailing whitespace into one token ("\n" + "\n..." -> "\n\n"); that token holds
     // response bytes, so it is supervised and its prompt-side whitespace decodes with it.
-    std::vector<std::string> got = supervised_texts(e, *tok), want = expected_targets(name, c["messages"]);
+    ASSERT_TRUE(targets.count(c["name"].get<std::string>())) << case_name << ": no supervised targets in the golden";
+    std::vector<std::string> got = supervised_texts(e, *tok), want = targets.at(c["name"].get<std::string>());
     ASSERT_EQ(got.size(), want.size()) << case_name;
     for (size_t k = 0; k < got.size(); ++k) {
       const bool exact = got[k] == want[k];
