@@ -152,7 +152,10 @@ def main():
             assert list(ids) == tok(text, add_special_tokens=False)["input_ids"], (name, case)
             records.append({"name": case, "messages": messages, "text": text, "ids": list(map(int, ids))})
             target_records.append({"name": case, "targets": supervised_targets(tok, messages, text, kwargs)})
-        doc = {"tokenizer": name, "tokenizer_dir": str(directory),
+        # Relative to the repo, so the file does not depend on where the checkout lives.
+        where = Path(directory)
+        where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
+        doc = {"tokenizer": name, "tokenizer_dir": str(where),
                "chat_template_passed": template is not None, "cases": records}
         changed = write_if_changed(out / f"chat_{name}.json", json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
         targets_doc = {"tokenizer": name, "cases": target_records}
