@@ -13,3 +13,4 @@ set(SFT_TEST_SOURCES
 )
 list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_checkpoint.cpp)
+list(APPEND SFT_TEST_SOURCES tests/test_data_files.cpp tests/test_tensorboard.cpp)  # .json/.gz data; TensorBoard files
