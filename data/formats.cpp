@@ -223,8 +223,6 @@ std::string first_nonblank_line(const std::string& text) {
 // JSON Lines instead (it does not parse as one document, but its first line is an object: HF datasets
 // reads such .json files as JSON Lines too). Whole-file problems are never skippable.
 std::optional<json> parse_json_document(const std::string& text, const std::string& path) {
-  const size_t bad = find_invalid_utf8(text);
-  if (bad != std::string::npos) throw InputError(text_position(path, text, bad) + ": not valid UTF-8");
   const size_t bom = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
   json document;
   try {
@@ -234,6 +232,8 @@ std::optional<json> parse_json_document(const std::string& text, const std::stri
     if (!first.empty() && first.back() == '\r') first.pop_back();
     const json head = json::parse(first, nullptr, /*allow_exceptions=*/false);
     if (head.is_object()) return std::nullopt;
+    const size_t bad = find_invalid_utf8(text);
+    if (bad != std::string::npos) throw InputError(text_position(path, text, bad) + ": not valid UTF-8");
     throw InputError(text_position(path, text, bom + (e.byte > 0 ? e.byte - 1 : 0)) + ": malformed JSON: " +
                      e.what() + " (a .json data file holds one JSON array of examples; JSON Lines go in .jsonl)");
   }

@@ -207,6 +207,10 @@ TEST(DataFilesBadInput, MalformedJsonArrayNamesLineAndColumn) {
   const std::string msg = error_of(path);
   EXPECT_NE(msg.find(path.string() + ":3:"), std::string::npos) << msg;
   EXPECT_NE(msg.find("malformed JSON"), std::string::npos) << msg;
+  const fs::path latin1 = dir.path() / "latin1.json";
+  test::write_text(latin1, "[\n{\"prompt\": \"p\xff\", \"response\": \"r\"}]\n");
+  const std::string utf8 = error_of(latin1, /*skip_invalid=*/true);
+  EXPECT_NE(utf8.find(latin1.string() + ":2:14: not valid UTF-8"), std::string::npos) << utf8;
 }
 
 // `sft data` (the pipeline `sft train` uses) reads .json arrays and .gz files, and exits 2 on bad ones.
