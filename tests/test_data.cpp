@@ -116,7 +116,7 @@ std::string expect_input_error(const std::function<void()>& f) {
 // ---------------------------------------------------------------- formats
 
 TEST(DataFormats, DetectsAndReadsPromptResponse) {
-  FileReadResult r = read_jsonl(fixture("prompt_response.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("prompt_response.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kPromptResponse);
   EXPECT_EQ(r.lines, 3);  // the blank line is ignored
   ASSERT_EQ(r.conversations.size(), 3u);
@@ -131,7 +131,7 @@ TEST(DataFormats, DetectsAndReadsPromptResponse) {
 }
 
 TEST(DataFormats, DetectsAndReadsAlpaca) {
-  FileReadResult r = read_jsonl(fixture("alpaca.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("alpaca.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kAlpaca);
   ASSERT_EQ(r.conversations.size(), 3u);
   EXPECT_EQ(r.conversations[0].messages[0].content, "Translate to French.\nGood morning");
@@ -143,7 +143,7 @@ TEST(DataFormats, DetectsAndReadsAlpaca) {
 }
 
 TEST(DataFormats, DetectsAndReadsMessages) {
-  FileReadResult r = read_jsonl(fixture("messages.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("messages.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kMessages);
   ASSERT_EQ(r.conversations.size(), 2u);
   const auto& m = r.conversations[1].messages;
@@ -154,7 +154,7 @@ TEST(DataFormats, DetectsAndReadsMessages) {
 }
 
 TEST(DataFormats, DetectsAndReadsShareGpt) {
-  FileReadResult r = read_jsonl(fixture("sharegpt.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("sharegpt.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kShareGpt);
   ASSERT_EQ(r.conversations.size(), 2u);
   EXPECT_EQ(r.conversations[0].messages[0].role, Role::kUser);
@@ -164,7 +164,7 @@ TEST(DataFormats, DetectsAndReadsShareGpt) {
 
 TEST(DataFormats, ExplicitFormatOverridesDetection) {
   // Reading messages data as alpaca: every line lacks "instruction".
-  std::string msg = expect_input_error([] { read_jsonl(fixture("messages.jsonl"), Format::kAlpaca, false); });
+  std::string msg = expect_input_error([] { read_data_file(fixture("messages.jsonl"), Format::kAlpaca, false); });
   EXPECT_NE(msg.find("messages.jsonl:1: missing field \"instruction\""), std::string::npos) << msg;
   EXPECT_EQ(parse_format("sharegpt"), Format::kShareGpt);
   msg = expect_input_error([] { parse_format("csv"); });
@@ -200,12 +200,12 @@ class DataBadInput : public ::testing::TestWithParam<BadCase> {};
 TEST_P(DataBadInput, NamesFileAndLine) {
   const BadCase& c = GetParam();
   const std::string path = fixture(c.file).string();
-  std::string msg = expect_input_error([&] { read_jsonl(path, Format::kAuto, false); });
+  std::string msg = expect_input_error([&] { read_data_file(path, Format::kAuto, false); });
   const std::string where = c.line ? path + ":" + std::to_string(c.line) + ": " : path + ": ";
   EXPECT_EQ(msg.rfind(where, 0), 0u) << msg;
   EXPECT_NE(msg.find(c.expected), std::string::npos) << msg;
   if (*c.reason) {  // the same line is skipped and counted by reason with skip_invalid
-    FileReadResult r = read_jsonl(path, Format::kAuto, true);
+    FileReadResult r = read_data_file(path, Format::kAuto, true);
     ASSERT_EQ(r.invalid.size(), 1u);
     EXPECT_EQ(r.invalid[0].reason, c.reason);
     EXPECT_EQ(r.invalid[0].source, path + ":" + std::to_string(c.line));
@@ -236,14 +236,14 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(DataBadInputExtra, UndetectableFormatAndNonObject) {
   test::TempDir dir;
   test::write_text(dir.path() / "x.jsonl", "\n{\"text\": \"hello\"}\n");
-  std::string msg = expect_input_error([&] { read_jsonl(dir.path() / "x.jsonl", Format::kAuto, true); });
+  std::string msg = expect_input_error([&] { read_data_file(dir.path() / "x.jsonl", Format::kAuto, true); });
   EXPECT_NE(msg.find("x.jsonl:2: cannot detect the data format from keys {text}"), std::string::npos) << msg;
   test::write_text(dir.path() / "y.jsonl", "[1, 2]\n");
-  msg = expect_input_error([&] { read_jsonl(dir.path() / "y.jsonl", Format::kAuto, false); });
+  msg = expect_input_error([&] { read_data_file(dir.path() / "y.jsonl", Format::kAuto, false); });
   EXPECT_NE(msg.find("y.jsonl:1: a line must be a JSON object (got array)"), std::string::npos) << msg;
   // Whitespace-only files are empty too.
   test::write_text(dir.path() / "z.jsonl", "\n  \n");
-  msg = expect_input_error([&] { read_jsonl(dir.path() / "z.jsonl", Format::kAuto, true); });
+  msg = expect_input_error([&] { read_data_file(dir.path() / "z.jsonl", Format::kAuto, true); });
   EXPECT_NE(msg.find("z.jsonl: data file is empty"), std::string::npos) << msg;
 }
 

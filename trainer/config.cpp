@@ -75,6 +75,7 @@ void visit_fields(Config& c, V& v) {
   v("output_dir", c.output_dir, "run directory (default: runs/<config file name>)");
   v("log.every_steps", c.log.every_steps, "write metrics.jsonl every N optimizer steps");
   v("log.progress", c.log.progress, "progress bar on a terminal; plain lines otherwise");
+  v("log.tensorboard", c.log.tensorboard, "also write TensorBoard event files (train/*, eval/* scalars) to output_dir/tensorboard/");
 }
 
 std::string describe(const YAML::Node& node) {

@@ -80,6 +80,7 @@ struct CheckpointOptions {
 struct LogOptions {
   int64_t every_steps = 10;
   bool progress = true;
+  bool tensorboard = false;  // also write TensorBoard event files to output_dir/tensorboard/
 };
 
 struct Config {

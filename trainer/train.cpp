@@ -34,6 +34,7 @@
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
 #include "trainer/setup.h"
+#include "trainer/train_logs.h"
 
 namespace sft {
 namespace fs = std::filesystem;
@@ -208,6 +209,7 @@ void wipe_run(const fs::path& dir) {
   fs::remove_all(dir / "checkpoints");
   fs::remove_all(dir / "adapter");
   fs::remove_all(dir / "model");
+  fs::remove_all(dir / "tensorboard");
 }
 
 // Decides between a fresh start and a resume, and prepares output_dir accordingly:
@@ -465,14 +467,14 @@ int command_train(const std::vector<std::string>& args) {
             << " optimizer steps, device " << ctx.runtime.device.str() << "\n";
   if (resume_dir) std::cerr << "  resuming from " << resume_dir->string() << " at step " << ctx.step << "\n";
 
-  JsonlWriter metrics(out_dir / "metrics.jsonl");
-  JsonlWriter eval_log(out_dir / "eval.jsonl");
+  // metrics.jsonl, eval.jsonl and (log.tensorboard) TensorBoard event files; multi-process: rank 0 only.
+  TrainLogs logs(out_dir, ctx.config.log.tensorboard, ctx.step);
   auto run_eval = [&](int64_t step) {
     if (evaluator.empty()) return;
     const EvalResult r = evaluator.run(ctx.model);
     nlohmann::json line = r.to_json();
     line["step"] = step;
-    eval_log.write(line);
+    logs.write_eval(line);
     char text[200];
     std::snprintf(text, sizeof(text), "eval step %lld: loss %.4f  ppl %.3f  token_accuracy %.4f",
                   static_cast<long long>(step), r.loss, r.perplexity, r.token_accuracy);
@@ -499,7 +501,7 @@ int command_train(const std::vector<std::string>& args) {
     progress.update(ctx.step, stats.loss, stats.lr, window_s > 0 ? ctx.window_tokens / window_s : 0.0);
     if (ctx.step % ctx.config.log.every_steps == 0 || ctx.step == ctx.total_steps) {
       const double per_epoch = static_cast<double>(ctx.loader->micro_batches_per_epoch());
-      metrics.write({{"step", ctx.step},
+      logs.write_metrics({{"step", ctx.step},
                      {"epoch", ctx.micro_batches_done / per_epoch},
                      {"loss", ctx.window_loss / ctx.window_steps},
                      {"lr", stats.lr},
