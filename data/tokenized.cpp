@@ -92,13 +92,13 @@ PreparedData prepare_tokenized_data(const DataOptions& o, uint64_t seed, int64_t
   report.packing = o.packing;
   std::vector<TokenizedExample> train, eval;
   for (const std::string& path : o.train) {
-    FileStats stats{path, "train", "tokenized"};
+    FileStats stats{path, "train", "tokenized", 0, 0, {}};
     auto examples = read_file(path, model_vocab_size, stats);
     train.insert(train.end(), std::make_move_iterator(examples.begin()), std::make_move_iterator(examples.end()));
     report.files.push_back(stats);
   }
   if (o.eval) {
-    FileStats stats{*o.eval, "eval", "tokenized"};
+    FileStats stats{*o.eval, "eval", "tokenized", 0, 0, {}};
     eval = read_file(*o.eval, model_vocab_size, stats);
     report.files.push_back(stats);
     report.eval_source = "file";

@@ -194,8 +194,8 @@ struct LayerRecompute : public torch::autograd::Function<LayerRecompute> {
     at::Tensor rng_now = generator.get_state();
     generator.set_state(ctx->saved_data["rng"].toTensor());
     const int64_t code = ctx->saved_data["autocast_dtype"].toInt();
-    const std::optional<at::ScalarType> autocast_dtype =
-        code < 0 ? std::nullopt : std::optional<at::ScalarType>(static_cast<at::ScalarType>(code));
+    std::optional<at::ScalarType> autocast_dtype;
+    if (code >= 0) autocast_dtype = static_cast<at::ScalarType>(code);
     at::Tensor x = saved[0].detach().requires_grad_(true);
     {
       torch::AutoGradMode enable_grad(true);

@@ -6,7 +6,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUILD_DIR="${SFT_BUILD_DIR:-build}"
 if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  # SFT_WERROR=ON (set by .ci/run): warnings in our sources fail the build.
+  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DSFT_WERROR="${SFT_WERROR:-OFF}" >/dev/null
 fi
 TARGETS=()
 for target in "$@"; do TARGETS+=(--target "$target"); done

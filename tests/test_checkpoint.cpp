@@ -115,7 +115,9 @@ RunDir interrupted_run(const fs::path& dir, const std::string& extra, const std:
   }
   auto result = train(run, overrides);
   EXPECT_EQ(result.exit_code, 0) << result.output;
-  if (!stops.empty()) EXPECT_NE(result.output.find("resuming from"), std::string::npos) << result.output;
+  if (!stops.empty()) {
+    EXPECT_NE(result.output.find("resuming from"), std::string::npos) << result.output;
+  }
   return run;
 }
 

@@ -473,7 +473,9 @@ void check_ids_against_golden(const std::string& name, const fs::path& dir, cons
     }
     // Never a doubled BOS at the start (SmolLM2's BOS is <|im_start|>, so it legitimately recurs later).
     const auto& bos = tok->special_tokens().bos;
-    if (bos && e.input_ids.size() > 1) EXPECT_FALSE(e.input_ids[0] == *bos && e.input_ids[1] == *bos) << case_name;
+    if (bos && e.input_ids.size() > 1) {
+      EXPECT_FALSE(e.input_ids[0] == *bos && e.input_ids[1] == *bos) << case_name;
+    }
   }
 }
 
@@ -782,7 +784,9 @@ TEST(DataSampler, DeterministicShufflesPerEpochAndCoversEveryExample) {
       EXPECT_TRUE(x.input_ids.equal(y.input_ids));
       EXPECT_TRUE(x.cu_seqlens_host.equal(y.cu_seqlens_host));
       for (int64_t e : examples_in(x)) (i < per_epoch ? epoch0 : epoch1).push_back(e);
-      if (packing) EXPECT_LE(x.num_tokens, 3 * 40);
+      if (packing) {
+        EXPECT_LE(x.num_tokens, 3 * 40);
+      }
     }
     EXPECT_EQ(a.epoch(), 1);
     EXPECT_NE(epoch0, epoch1) << "each epoch is reshuffled";

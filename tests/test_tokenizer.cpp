@@ -428,7 +428,9 @@ TEST(TokenizerKnown, TransformersClassChoiceAndLlamaTokenizerRebuild) {
     for (size_t i = 0; i < texts.size(); ++i) {
       auto ids = tok->encode_ids(texts[i]);
       EXPECT_EQ(ids, c.want[i]) << c.what << ": " << json(texts[i]).dump();
-      if (!c.want_decoded.empty()) EXPECT_EQ(tok->decode(ids), c.want_decoded[i]) << c.what;
+      if (!c.want_decoded.empty()) {
+        EXPECT_EQ(tok->decode(ids), c.want_decoded[i]) << c.what;
+      }
     }
     // kTokenizerJson always runs the file as written.
     auto raw = load_tokenizer(dir.path(), TokenizerPipeline::kTokenizerJson);
