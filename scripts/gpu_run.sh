@@ -82,6 +82,12 @@ step0() {
   [[ -n "$TORCH_DIR" ]] || { record "0 bundle" FAILED "$PY cannot import torch"; return; }
   problems="$(for f in "$HERE"/bin/*; do ours ldd "$f" | grep -E "not found" | sed "s|^|${f##*/}: |"; done)"
   [[ -z "$problems" ]] || { record "0 bundle" FAILED "unresolved libraries: $(tr '\n' ';' <<<"$problems")"; return; }
+  # Everything that is not LibTorch/CUDA/NCCL/cuDNN or the C/C++ runtime (the list in gpu_bundle.sh) must
+  # come from the bundle, even where this machine happens to have its own copy (a dry run's Debian libs).
+  local provided='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libutil\.so|libstdc\+\+\.so|libgcc_s\.so|libgomp|libtorch|libc10|libcaffe2|libshm|libcuda|libcudart|libcublas|libcudnn|libcufft|libcufile|libcurand|libcusolver|libcusparse|libcupti|libnccl|libnvJitLink|libnvrtc|libnvshmem|libnvToolsExt|libnvtx|libnvperf)'
+  problems="$(for f in "$HERE"/bin/*; do ours ldd "$f" | awk '/=>/ {print $1, $3}'; done | grep -vE "$provided" |
+    grep -v -F " $HERE/lib/" | sort -u || true)"
+  [[ -z "$problems" ]] || { record "0 bundle" FAILED "not from the bundle: $(tr '\n' ';' <<<"$problems")"; return; }
   # LD_LIBRARY_PATH comes before the binaries' RUNPATH (build-machine paths): torch must come from here.
   problems="$(ours ldd "$HERE/bin/sft" | awk '/libtorch_cpu|libc10\.so/ {print $3}' | grep -v -F "$TORCH_DIR" || true)"
   [[ -z "$problems" ]] || { record "0 bundle" FAILED "torch resolved outside $TORCH_DIR: $problems"; return; }
@@ -129,7 +135,7 @@ fi
 # ---- 2. every AttentionCuda test, none skipped ----
 {
   echo "# bin/sft_tests --gtest_filter='AttentionCuda*' ($MODE)"
-  budget 170 env SFT_TEST_SEED="${SFT_TEST_SEED:-}" LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/sft_tests" --gtest_filter='AttentionCuda*'
+  budget 150 env SFT_TEST_SEED="${SFT_TEST_SEED:-}" LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/sft_tests" --gtest_filter='AttentionCuda*'
   echo "exit status: $?"
 } >"$OUT/attention_tests.log" 2>&1
 rc=$(sed -n 's/^exit status: //p' "$OUT/attention_tests.log")
@@ -148,7 +154,7 @@ else
 fi
 
 # ---- 3. attention throughput ----
-budget 130 env LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/bench_attention" --cuda >"$OUT/attention_bench.md" 2>&1
+budget 110 env LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/bench_attention" --cuda >"$OUT/attention_bench.md" 2>&1
 rc=$?
 if ((DRY)); then
   if grep -q "no CUDA device is available" "$OUT/attention_bench.md"; then
@@ -333,7 +339,7 @@ elif ((!HAVE_GPU)); then
 else
   sed 's/max_steps: [0-9]*/max_steps: 5/' "$WORK/runs/lora-fused.yaml" >"$WORK/nccl.yaml"
   budget 60 env LD_LIBRARY_PATH="$OUR_LD" RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
-    MASTER_PORT=29517 "$HERE/bin/sft" train "$WORK/nccl.yaml" --force output_dir="$WORK/runs/nccl" >"$WORK/nccl.log" 2>&1
+    MASTER_PORT=29517 "$HERE/bin/sft" train "$WORK/nccl.yaml" output_dir="$WORK/runs/nccl" --force >"$WORK/nccl.log" 2>&1
   rc=$?
   { echo "== NCCL world size 1 (exit $rc)"; tail -25 "$WORK/nccl.log"; } >>"$LOGS"
   { echo "exit $rc; metrics lines: $(wc -l <"$WORK/runs/nccl/metrics.jsonl" 2>/dev/null || echo 0)"; } >>"$TRAIN_MD"
