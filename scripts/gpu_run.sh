@@ -9,7 +9,8 @@
 #   train.md            sft train on SmolLM2-135M-shaped random weights, bf16 mixed precision, LoRA and
 #                       full x attention fused and sdpa (tokens/s, target tokens/s, peak GPU memory, every
 #                       step's loss, fused-vs-sdpa agreement, loss falls), the same LoRA job with HF
-#                       transformers + PEFT (bench_train.py), and the NCCL world-size-1 step
+#                       transformers + PEFT (bench_train.py), the NCCL world-size-1 step, and 5 steps
+#                       with attention: auto (the race's logged choice)
 #   train_logs.txt      the tails of the training runs' logs
 #   summary.md          what ran, passed, failed or was skipped, and why
 # The model's weights are NOT in the bundle: step 4 makes random-init weights from its config.json with
@@ -345,6 +346,27 @@ else
   { echo "exit $rc; metrics lines: $(wc -l <"$WORK/runs/nccl/metrics.jsonl" 2>/dev/null || echo 0)"; } >>"$TRAIN_MD"
   ((rc == 0)) && record "6 NCCL world size 1" ok "5 steps under torchrun's environment" ||
     record "6 NCCL world size 1" FAILED "exit $rc (train_logs.txt)"
+fi
+
+# ---- 7. attention: auto end to end (the race on the run's shape), if time is left ----
+echo -e "\n## attention: auto (5 LoRA steps)" >>"$TRAIN_MD"
+if [[ -f "$WORK/runs/lora-fused.yaml" ]]; then
+  sed 's/max_steps: [0-9]*/max_steps: 5/; s/attention: fused/attention: auto/' "$WORK/runs/lora-fused.yaml" >"$WORK/auto.yaml"
+  budget 45 env LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/sft" train "$WORK/auto.yaml" output_dir="$WORK/runs/auto" --force \
+    >"$WORK/auto.log" 2>&1
+  rc=$?
+  choice="$(grep -m1 'model.attention=auto' "$WORK/auto.log" || echo "no choice logged")"
+  echo "exit $rc: $choice" >>"$TRAIN_MD"
+  { echo "== sft train lora, attention auto (exit $rc)"; tail -10 "$WORK/auto.log"; } >>"$LOGS"
+  if ((rc != 0)); then
+    record "7 attention auto" FAILED "exit $rc (train_logs.txt)"
+  elif ((DRY)); then
+    record "7 attention auto" ok "dry run: CPU auto is sdpa, no race ($choice)"
+  else
+    record "7 attention auto" ok "$choice"
+  fi
+else
+  record "7 attention auto" FAILED "no LoRA config from step 4"
 fi
 
 # ---- summary ----
