@@ -1,7 +1,7 @@
 // kernels/attention_bwd.cu: FlashAttention-2 style backward for packed variable-length sequences (sm_80+,
 // bf16/fp16 in, fp32 accumulate): CUDA kernels, then their torch-free launchers.
 //   1. preprocess: D = rowsum(dO * O), fp32 [Hq, T].
-//   2. dK/dV pass: one CTA per (key block, sequence, kv head). K, V stay in shared memory; the CTA loops
+//   2. dK/dV pass: one CTA per (key block, sequence, kv head) (blockIdx.x folds sequence and block). K, V stay in shared memory; the CTA loops
 //      over every query head of the GQA group and every visible query block, recomputes
 //      P = exp(scale * Q K^T - lse) and accumulates dV += P^T dO and dK += dS^T Q in registers
 //      (dS = P * (dP - D), dP = dO V^T), so dK/dV are summed over the group without atomics. In the
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(attn::kThreads) attention_bwd_preprocess_kerne
 }
 
 template <typename Elem, int D, bool kAtomicDq>
-__global__ void __launch_bounds__(attn::kThreads) attention_bwd_dkdv_kernel(const AttentionBwdParams p) {
+__global__ void SFT_ATTN_HOT_KERNEL attention_bwd_dkdv_kernel(const AttentionBwdParams p) {
   constexpr int BN = attn::kBwdBlockN, BM = attn::bwd_block_m(D), LD = D + attn::kSmemPad;
   constexpr int LDS = BN + attn::kSmemPad;  // dS tile row stride
   constexpr int kMT = BM / 8;               // n8 tiles of S^T (query columns) per warp
@@ -62,7 +62,8 @@ __global__ void __launch_bounds__(attn::kThreads) attention_bwd_dkdv_kernel(cons
   float* sLse = reinterpret_cast<float*>(sdS + BM * LDS);  // [BM], log2 domain
   float* sDsum = sLse + BM;                                // [BM]
 
-  const int n_block = blockIdx.x, seq = blockIdx.y, kv_head = blockIdx.z;
+  const attn::BlockOfSeq cell = attn::unfold_block_seq(blockIdx.x, attn::num_blocks(p.max_seqlen, BN));
+  const int n_block = cell.block, seq = cell.seq, kv_head = blockIdx.y;
   const attn::SeqSpan span = attn::seq_span(p.cu_seqlens, seq);
   const int n0 = n_block * BN;
   if (n0 >= span.len) return;
@@ -187,31 +188,34 @@ __global__ void __launch_bounds__(attn::kThreads) attention_bwd_dkdv_kernel(cons
           }
         }
         __syncthreads();  // the whole dS tile is in shared memory
-        const int slab = warp % kRowSlabs, c0 = (warp / kRowSlabs) * kDqCols;
-        float acc_dq[kDqCols / 8][4];
+        const int slab = warp % kRowSlabs;
+        // This warp's kDqCols columns in chunks of 16 (not unrolled): only 8 dQ accumulators are live
+        // beside dK/dV's 2 x kDT x 4 (hd128: 128). Register headroom under the ptxas check's margin
+        // (scripts/check_cuda_build.py) without spilling; a chunk re-reads dS from shared memory.
+#pragma unroll 1
+        for (int c0 = (warp / kRowSlabs) * kDqCols; c0 < (warp / kRowSlabs + 1) * kDqCols; c0 += 16) {
+          float acc_dq[2][4];
 #pragma unroll
-        for (int j = 0; j < kDqCols / 8; ++j) acc_dq[j][0] = acc_dq[j][1] = acc_dq[j][2] = acc_dq[j][3] = 0.f;
+          for (int j = 0; j < 2; ++j) acc_dq[j][0] = acc_dq[j][1] = acc_dq[j][2] = acc_dq[j][3] = 0.f;
 #pragma unroll
-        for (int ks = 0; ks < BN / 16; ++ks) {
-          uint32_t a[4];
-          load_a_frag(a, sdS, LDS, slab * 16, ks * 16, lane);
-#pragma unroll
-          for (int dp = 0; dp < kDqCols / 16; ++dp) {
-            uint32_t b[4];
-            load_b_frag_kn(b, sK, LD, ks * 16, c0 + dp * 16, lane);
-            mma_16816<Elem>(acc_dq[2 * dp], a, b[0], b[1]);
-            mma_16816<Elem>(acc_dq[2 * dp + 1], a, b[2], b[3]);
+          for (int ks = 0; ks < BN / 16; ++ks) {
+            uint32_t a[4], b[4];
+            load_a_frag(a, sdS, LDS, slab * 16, ks * 16, lane);
+            load_b_frag_kn(b, sK, LD, ks * 16, c0, lane);
+            mma_16816<Elem>(acc_dq[0], a, b[0], b[1]);
+            mma_16816<Elem>(acc_dq[1], a, b[2], b[3]);
           }
-        }
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = m0 + slab * 16 + g + r * 8;
-          if (row < span.len) {
-            float* dq_row = p.dq_accum + attn::token_offset(span.begin + row, h, static_cast<long long>(p.num_heads) * D, D);
+          for (int r = 0; r < 2; ++r) {
+            const int row = m0 + slab * 16 + g + r * 8;
+            if (row < span.len) {
+              float* dq_row =
+                  p.dq_accum + attn::token_offset(span.begin + row, h, static_cast<long long>(p.num_heads) * D, D);
 #pragma unroll
-            for (int j = 0; j < kDqCols / 8; ++j) {
-              atomicAdd(dq_row + c0 + j * 8 + 2 * t, acc_dq[j][2 * r]);
-              atomicAdd(dq_row + c0 + j * 8 + 2 * t + 1, acc_dq[j][2 * r + 1]);
+              for (int j = 0; j < 2; ++j) {
+                atomicAdd(dq_row + c0 + j * 8 + 2 * t, acc_dq[j][2 * r]);
+                atomicAdd(dq_row + c0 + j * 8 + 2 * t + 1, acc_dq[j][2 * r + 1]);
+              }
             }
           }
         }
@@ -243,7 +247,7 @@ __global__ void __launch_bounds__(attn::kThreads) attention_bwd_dkdv_kernel(cons
 // Deterministic dQ: one CTA per (query block, sequence, q head), 16 query rows per warp, key blocks
 // streamed like the forward. dQ = scale * sum_j dS_j K_j, accumulated in fp32 registers.
 template <typename Elem, int D>
-__global__ void __launch_bounds__(attn::kThreads, 1) attention_bwd_dq_kernel(const AttentionBwdParams p) {
+__global__ void SFT_ATTN_HOT_KERNEL_ONE_CTA attention_bwd_dq_kernel(const AttentionBwdParams p) {
   constexpr int BM = attn::kFwdBlockM, BN = attn::kFwdBlockN, LD = D + attn::kSmemPad;
   constexpr int kNT = BN / 8, kDT = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -252,7 +256,8 @@ __global__ void __launch_bounds__(attn::kThreads, 1) attention_bwd_dq_kernel(con
   Elem* sK = sdO + BM * LD;                      // [BN][LD]
   Elem* sV = sK + BN * LD;                       // [BN][LD]
 
-  const int m_block = blockIdx.x, seq = blockIdx.y, head = blockIdx.z;
+  const attn::BlockOfSeq cell = attn::unfold_block_seq(blockIdx.x, attn::num_blocks(p.max_seqlen, BM));
+  const int m_block = cell.block, seq = cell.seq, head = blockIdx.y;
   const attn::SeqSpan span = attn::seq_span(p.cu_seqlens, seq);
   const int m0 = m_block * BM;
   if (m0 >= span.len) return;
@@ -390,6 +395,7 @@ bool dispatch(const AttentionBwdParams& p, Fn&& fn) {
 }
 template <typename Fn>
 bool dispatch_head_dim(const AttentionBwdParams& p, Fn&& fn) {
+  if (p.max_seqlen > 0 && p.num_seqs > 0 && !attn::folded_grid_fits(p.max_seqlen, p.num_seqs)) return false;
   if (p.head_dim == 64) return dispatch<64>(p, fn);
   if (p.head_dim == 128) return dispatch<128>(p, fn);
   return false;
@@ -416,7 +422,8 @@ bool launch_attention_bwd_dkdv(const AttentionBwdParams& p, cudaStream_t stream)
     constexpr int smem = attention_bwd_dkdv_smem_bytes(D);
     auto kernel = p.deterministic ? attention_bwd_dkdv_kernel<Elem, D, false> : attention_bwd_dkdv_kernel<Elem, D, true>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    const dim3 grid(attn::num_blocks(p.max_seqlen, attn::kBwdBlockN), p.num_seqs, p.num_kv_heads);
+    const long long x = attn::folded_grid_x(attn::num_blocks(p.max_seqlen, attn::kBwdBlockN), p.num_seqs);
+    const dim3 grid(static_cast<unsigned>(x), p.num_kv_heads);
     kernel<<<grid, attn::kThreads, smem, stream>>>(p);
   });
 }
@@ -430,7 +437,8 @@ bool launch_attention_bwd_dq(const AttentionBwdParams& p, cudaStream_t stream) {
       constexpr int smem = attention_bwd_dq_smem_bytes(D);
       auto kernel = attention_bwd_dq_kernel<Elem, D>;
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      const dim3 grid(attn::num_blocks(p.max_seqlen, attn::kFwdBlockM), p.num_seqs, p.num_heads);
+      const long long x = attn::folded_grid_x(attn::num_blocks(p.max_seqlen, attn::kFwdBlockM), p.num_seqs);
+      const dim3 grid(static_cast<unsigned>(x), p.num_heads);
       kernel<<<grid, attn::kThreads, smem, stream>>>(p);
     } else {
       const long long pairs = static_cast<long long>(p.total_tokens) * p.num_heads * (D / 2);

@@ -1,27 +1,22 @@
 // kernels/attention_dispatch.cpp: the single attention entry point (varlen_attention) and its reference
 // paths. `eager` is explicit math per document, `sdpa` calls at::scaled_dot_product_attention per
-// document, `fused` is our FlashAttention-2 style kernel (CUDA) or its CPU twin; resolve_attention_impl
-// turns `auto`/`fused` into a concrete choice once (self-check on CUDA).
+// document, `fused` is our FlashAttention-2 style kernel (CUDA) or its CPU twin, TorchFlashVarlen is
+// LibTorch's FlashAttention-2 varlen kernel; resolve_attention_impl (kernels/attention_choice.cpp) turns
+// `auto`/`fused` into a concrete choice once.
 #include "kernels/ops.h"
 
 #include <ATen/ATen.h>
 
-#include <iostream>
 #include <optional>
 #include <stdexcept>
 #include <vector>
 
 #include "common/autocast.h"
 #include "common/errors.h"
+#include "kernels/attention_choice.h"
 #include "kernels/fused_attention.h"
 
 namespace sft::kernels {
-
-namespace {
-// What `auto` means for CPU training. scripts/bench_attention.sh (table in kernels/README.md): LibTorch's
-// SDPA is 3.5-7.5x faster than the twin for fwd+bwd on every shape measured, packed or not.
-constexpr AttentionImpl kCpuAutoImpl = AttentionImpl::Sdpa;
-}  // namespace
 
 AttentionImpl parse_attention_impl(const std::string& name) {
   if (name == "auto") return AttentionImpl::Auto;
@@ -37,6 +32,8 @@ std::string to_string(AttentionImpl impl) {
     case AttentionImpl::Fused: return "fused";
     case AttentionImpl::Sdpa: return "sdpa";
     case AttentionImpl::Eager: return "eager";
+    case AttentionImpl::FusedDeterministic: return "fused (deterministic backward)";
+    case AttentionImpl::TorchFlashVarlen: return "LibTorch flash varlen";
   }
   return "?";
 }
@@ -102,18 +99,27 @@ void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::
               "varlen_attention: cu_seqlens_host must be a CPU vector of at least 2 offsets");
 }
 
+// The attention dtype: under autocast (mixed precision) the autocast dtype, as LibTorch's SDPA does there
+// (fp32 rotary tables leave q/k in fp32 while v comes out of a bf16 matmul).
+struct InAttentionDtype {
+  at::Tensor q, k, v;
+};
+InAttentionDtype to_autocast_dtype(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const std::optional<at::ScalarType> autocast = ScopedAutocast::current(q.device().type());
+  if (!autocast) return {q, k, v};
+  return {q.to(*autocast), k.to(*autocast), v.to(*autocast)};
+}
+
 }  // namespace
 
-AttentionImpl resolve_attention_impl(AttentionImpl requested, const at::Device& device) {
-  if (requested == AttentionImpl::Sdpa || requested == AttentionImpl::Eager) return requested;
-  if (device.is_cpu()) return requested == AttentionImpl::Auto ? kCpuAutoImpl : AttentionImpl::Fused;
-  // CUDA: the fused kernel only after its start-up self-check passes (runs once, here).
-  const std::string failure =
-      device.is_cuda() ? fused_attention_self_check(device) : "the fused kernel supports CPU and CUDA only";
-  if (failure.empty()) return AttentionImpl::Fused;
-  if (requested == AttentionImpl::Fused) throw std::runtime_error("model.attention=fused: " + failure);
-  std::cerr << "warning: model.attention=auto: using sdpa because " << failure << "\n";
-  return AttentionImpl::Sdpa;
+at::Tensor torch_flash_varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const PackedSequences& seqs, double softmax_scale, bool causal) {
+  // [T, Hq, D] with cu_seqlens (int32, on the device) for queries and keys; GQA is native (Hkv | Hq).
+  // Differentiable: LibTorch's autograd runs _flash_attention_backward.
+  auto result = at::_flash_attention_forward(q, k, v, seqs.cu_seqlens, seqs.cu_seqlens, seqs.max_seqlen,
+                                             seqs.max_seqlen, /*dropout_p=*/0.0, causal,
+                                             /*return_debug_mask=*/false, softmax_scale);
+  return std::get<0>(result);
 }
 
 at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -124,23 +130,21 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
     case AttentionImpl::Eager:
     case AttentionImpl::Sdpa:
       return reference_varlen_attention(q, k, v, seqs, softmax_scale, causal, impl);
-    case AttentionImpl::Fused: {
-      // Under autocast (mixed precision) attention runs in the autocast dtype, as LibTorch's SDPA does
-      // there: fp32 rotary tables leave q/k in fp32 while v comes out of a bf16 matmul.
-      const std::optional<at::ScalarType> autocast = ScopedAutocast::current(q.device().type());
-      if (autocast) {
-        return fused_varlen_attention(q.to(*autocast), k.to(*autocast), v.to(*autocast), seqs.cu_seqlens,
-                                      seqs.cu_seqlens_host, seqs.max_seqlen, softmax_scale, causal);
-      }
-      return fused_varlen_attention(q, k, v, seqs.cu_seqlens, seqs.cu_seqlens_host, seqs.max_seqlen,
-                                    softmax_scale, causal);
+    case AttentionImpl::Fused:
+    case AttentionImpl::FusedDeterministic: {
+      const InAttentionDtype x = to_autocast_dtype(q, k, v);
+      return fused_varlen_attention(x.q, x.k, x.v, seqs.cu_seqlens, seqs.cu_seqlens_host, seqs.max_seqlen,
+                                    softmax_scale, causal, deterministic_backward(impl));
+    }
+    case AttentionImpl::TorchFlashVarlen: {
+      const InAttentionDtype x = to_autocast_dtype(q, k, v);
+      return torch_flash_varlen_attention(x.q, x.k, x.v, seqs, softmax_scale, causal);
     }
     case AttentionImpl::Auto:
-      // Unresolved auto (the model should resolve it once with resolve_attention_impl): on the CPU the
-      // benchmark winner; on CUDA sdpa, because the fused kernel is used only after a self-check whose
-      // result the caller owns.
-      return varlen_attention(q, k, v, seqs, softmax_scale, causal,
-                              q.is_cpu() ? kCpuAutoImpl : AttentionImpl::Sdpa);
+      // Unresolved auto (the model should resolve it once with resolve_attention_impl): sdpa, which is
+      // also what auto resolves to on the CPU; on CUDA the fused kernel is used only after a self-check
+      // whose result the caller owns.
+      return varlen_attention(q, k, v, seqs, softmax_scale, causal, AttentionImpl::Sdpa);
   }
   return {};
 }

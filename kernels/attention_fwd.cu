@@ -1,6 +1,6 @@
 // kernels/attention_fwd.cu: FlashAttention-2 style forward for packed variable-length sequences (sm_80+,
 // bf16/fp16 in, fp32 accumulate): the CUDA kernel, then its torch-free launcher (launch_attention_fwd).
-// One CTA = one (query block, sequence, query head). 4 warps x 16 query rows; K/V blocks stream through
+// One CTA = one (query block, sequence, query head); blockIdx.x folds (sequence, query block), y = head. 4 warps x 16 query rows; K/V blocks stream through
 // shared memory (cp.async) while the online softmax lives in fp32 registers. Writes O and lse [Hq, T].
 #include <cuda_runtime.h>
 
@@ -16,7 +16,7 @@ using namespace dev;
 // ============================== CUDA kernels ==============================
 
 template <typename Elem, int D>
-__global__ void __launch_bounds__(attn::kThreads) attention_fwd_kernel(const AttentionFwdParams p) {
+__global__ void SFT_ATTN_HOT_KERNEL attention_fwd_kernel(const AttentionFwdParams p) {
   constexpr int BM = attn::kFwdBlockM, BN = attn::kFwdBlockN, LD = D + attn::kSmemPad;
   constexpr int kNT = BN / 8;  // n8 tiles of S per warp
   constexpr int kDT = D / 8;   // n8 tiles of O per warp
@@ -25,7 +25,8 @@ __global__ void __launch_bounds__(attn::kThreads) attention_fwd_kernel(const Att
   Elem* sK = sQ + BM * LD;                       // [BN][LD]
   Elem* sV = sK + BN * LD;                       // [BN][LD]
 
-  const int m_block = blockIdx.x, seq = blockIdx.y, head = blockIdx.z;
+  const attn::BlockOfSeq cell = attn::unfold_block_seq(blockIdx.x, attn::num_blocks(p.max_seqlen, BM));
+  const int m_block = cell.block, seq = cell.seq, head = blockIdx.y;
   const attn::SeqSpan span = attn::seq_span(p.cu_seqlens, seq);
   if (m_block * BM >= span.len) return;  // shorter than max_seqlen: nothing to do
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -164,7 +165,8 @@ void launch_fwd_typed(const AttentionFwdParams& p, cudaStream_t stream) {
   constexpr int smem = attention_fwd_smem_bytes(D);
   auto kernel = attention_fwd_kernel<Elem, D>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  const dim3 grid(attn::num_blocks(p.max_seqlen, attn::kFwdBlockM), p.num_seqs, p.num_heads);
+  const long long x = attn::folded_grid_x(attn::num_blocks(p.max_seqlen, attn::kFwdBlockM), p.num_seqs);
+  const dim3 grid(static_cast<unsigned>(x), p.num_heads);
   kernel<<<grid, attn::kThreads, smem, stream>>>(p);
 }
 
@@ -172,6 +174,7 @@ void launch_fwd_typed(const AttentionFwdParams& p, cudaStream_t stream) {
 
 bool launch_attention_fwd(const AttentionFwdParams& p, cudaStream_t stream) {
   if (p.max_seqlen <= 0 || p.num_seqs <= 0) return true;
+  if (!attn::folded_grid_fits(p.max_seqlen, p.num_seqs)) return false;
   const bool bf16 = p.dtype == AttnDtype::BFloat16;
   if (p.head_dim == 64) {
     bf16 ? launch_fwd_typed<__nv_bfloat16, 64>(p, stream) : launch_fwd_typed<__half, 64>(p, stream);

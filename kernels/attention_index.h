@@ -40,6 +40,28 @@ SFT_HD SeqSpan seq_span(const int* cu_seqlens, int s) {
   return SeqSpan{cu_seqlens[s], cu_seqlens[s + 1] - cu_seqlens[s]};
 }
 
+// ---- grid: (block, sequence) pairs folded into blockIdx.x ----
+// gridDim.y/z are limited to 65,535 but a packed batch may hold more sequences, so every kernel's
+// blockIdx.x enumerates (sequence, block) pairs, x = seq * blocks_per_seq + block (gridDim.x allows
+// 2^31 - 1), and blockIdx.y is the head. The CPU twin walks its work items through the same unfold.
+constexpr long long kMaxGridX = 2147483647LL;
+struct BlockOfSeq {
+  int block;  // query block (forward, dQ pass) or key block (dK/dV pass) within the sequence
+  int seq;
+};
+SFT_HD long long folded_grid_x(int blocks_per_seq, int num_seqs) {
+  return static_cast<long long>(blocks_per_seq) * num_seqs;
+}
+SFT_HD BlockOfSeq unfold_block_seq(unsigned x, int blocks_per_seq) {
+  return BlockOfSeq{static_cast<int>(x % static_cast<unsigned>(blocks_per_seq)),
+                    static_cast<int>(x / static_cast<unsigned>(blocks_per_seq))};
+}
+// Whether a launch over num_seqs sequences of at most max_seqlen tokens fits the grid (blocks of 32 rows,
+// the smallest tile any kernel uses, give the largest grid).
+SFT_HD bool folded_grid_fits(int max_seqlen, int num_seqs) {
+  return folded_grid_x(ceil_div(max_seqlen, 32), num_seqs) <= kMaxGridX;
+}
+
 // ---- grouped-query attention ----
 // Query head h reads kv head h / group (the transformers repeat_kv layout); kv head g serves query heads
 // [g * group, (g + 1) * group).
@@ -81,6 +103,13 @@ SFT_HD bool key_visible(int q, int k, int seqlen, bool causal) {
 // q/k/v/o/grads: [T, H, D] with row (token) stride and head stride in elements, unit stride on D.
 SFT_HD long long token_offset(int token, int head, long long row_stride, long long head_stride) {
   return static_cast<long long>(token) * row_stride + static_cast<long long>(head) * head_stride;
+}
+// What the CUDA kernels need of every [T, H, D] tensor they read or write in vectors (16-byte cp.async
+// rows, 4-byte packed stores): unit stride on D, token and head strides that are multiples of 8 elements
+// (16 bytes of bf16/fp16), and a 16-byte-aligned start address.
+SFT_HD bool vector_access_ok(long long token_stride, long long head_stride, long long dim_stride,
+                             unsigned long long address) {
+  return dim_stride == 1 && token_stride % 8 == 0 && head_stride % 8 == 0 && address % 16 == 0;
 }
 // logsumexp and D = rowsum(dO * O): fp32 [Hq, T].
 SFT_HD long long row_stat_index(int head, int token, int total_tokens) {

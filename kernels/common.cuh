@@ -12,6 +12,23 @@
 
 #include <cstdint>
 
+#include "kernels/attention_index.h"
+
+// ---- register budget of the hot kernels (forward, dK/dV, dQ) ----
+// Normal builds: __launch_bounds__(kThreads[, 1]), so ptxas may use up to 255 registers.
+// scripts/check_cuda_build.py also compiles with -DSFT_ATTN_REGISTER_PROBE=240, which caps every hot
+// kernel at 240 registers (__maxnreg__) and fails on any spill: proof of at least 15 registers of
+// headroom below the 255 at which an edit or an nvcc update would start spilling.
+// SFT_ATTN_HOT_KERNEL gives the thread count only; SFT_ATTN_HOT_KERNEL_ONE_CTA also tells ptxas to plan
+// for one resident CTA per SM (more registers; with the default ptxas spilled hd64 of the dQ kernel).
+#if defined(SFT_ATTN_REGISTER_PROBE)
+#define SFT_ATTN_HOT_KERNEL __maxnreg__(SFT_ATTN_REGISTER_PROBE)
+#define SFT_ATTN_HOT_KERNEL_ONE_CTA __maxnreg__(SFT_ATTN_REGISTER_PROBE)
+#else
+#define SFT_ATTN_HOT_KERNEL __launch_bounds__(::sft::kernels::attn::kThreads)
+#define SFT_ATTN_HOT_KERNEL_ONE_CTA __launch_bounds__(::sft::kernels::attn::kThreads, 1)
+#endif
+
 namespace sft::kernels::dev {
 
 // ---- element types ----

@@ -9,6 +9,7 @@
 #include <ATen/Context.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <sstream>
 #include <vector>
@@ -26,13 +27,32 @@
 namespace sft::kernels {
 namespace {
 
-// ---- the one checker: device, dtype, contiguity, shapes, offsets ----
+// ---- the one checker: device, dtype, contiguity, shapes, offsets, alignment ----
 struct Dims {
   int total_tokens, num_heads, num_kv_heads, head_dim, num_seqs, max_seqlen;
 };
 
+// A [T, H, D] tensor the CUDA kernels read or write in 16-byte vectors (cp.async loads of q/k/v/dO,
+// 4-byte packed stores of out/dq/dk/dv, vector loads of out/dO): unit stride on D, token and head strides
+// multiples of 8 elements, and a 16-byte-aligned start. A contiguous view with an odd storage offset
+// passes every shape check but would fault in the kernel.
+struct VectorAccessed {
+  const char* name;
+  const at::Tensor* tensor;
+};
+void check_cuda_vector_access(const VectorAccessed& x) {
+  const at::Tensor& t = *x.tensor;
+  TORCH_CHECK(attn::vector_access_ok(t.stride(0), t.stride(1), t.stride(2), reinterpret_cast<uintptr_t>(t.data_ptr())),
+              "fused attention (CUDA): ", x.name, " must have unit stride on head_dim, token and head strides that are "
+              "multiples of 8 elements, and a 16-byte-aligned start (strides ", t.strides(), ", address ",
+              t.data_ptr(), ")");
+}
+
+// q/k/v and the backward's cu_seqlens are checked fully; `vectors` are the other [T, H, D] tensors of the
+// call (out; dout, dq, dk, dv), whose shapes the callers check, and get the CUDA alignment check here.
 Dims check_fused_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens,
-                        const at::Tensor& cu_seqlens_host, int64_t max_seqlen) {
+                        const at::Tensor& cu_seqlens_host, int64_t max_seqlen,
+                        std::initializer_list<VectorAccessed> vectors) {
   TORCH_CHECK(q.defined() && k.defined() && v.defined(), "fused attention: q, k, v must be defined");
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "fused attention: q, k, v must be [T, H, D], got ",
               q.sizes(), ", ", k.sizes(), ", ", v.sizes());
@@ -51,11 +71,10 @@ Dims check_fused_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tens
                 "float16, got ", dtype);
     TORCH_CHECK(attn::head_dim_supported(static_cast<int>(q.size(2))), "fused attention (CUDA): head_dim ", q.size(2),
                 " is not supported (64 or 128)");
-    for (const at::Tensor* x : {&q, &k, &v}) {  // 16-byte rows for cp.async
-      TORCH_CHECK(x->stride(0) % 8 == 0 && x->stride(1) % 8 == 0 &&
-                      reinterpret_cast<uintptr_t>(x->data_ptr()) % 16 == 0,
-                  "fused attention (CUDA): token and head strides must be multiples of 8 elements, 16-byte aligned");
+    for (const VectorAccessed& x : {VectorAccessed{"q", &q}, VectorAccessed{"k", &k}, VectorAccessed{"v", &v}}) {
+      check_cuda_vector_access(x);
     }
+    for (const VectorAccessed& x : vectors) check_cuda_vector_access(x);
   } else {
     TORCH_CHECK(q.is_cpu(), "fused attention: unsupported device ", q.device());
     TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
@@ -81,6 +100,8 @@ Dims check_fused_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tens
   TORCH_CHECK(max_seqlen >= longest, "fused attention: max_seqlen ", max_seqlen, " < longest sequence ", longest);
   TORCH_CHECK(q.size(0) < std::numeric_limits<int32_t>::max() && max_seqlen < std::numeric_limits<int32_t>::max(),
               "fused attention: too many tokens");
+  TORCH_CHECK(!q.is_cuda() || attn::folded_grid_fits(static_cast<int>(max_seqlen), static_cast<int>(n)),
+              "fused attention (CUDA): ", n, " sequences of up to ", max_seqlen, " tokens exceed the launch grid");
   return Dims{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(k.size(1)),
               static_cast<int>(q.size(2)), static_cast<int>(n), static_cast<int>(max_seqlen)};
 }
@@ -191,9 +212,9 @@ void fill_fwd_params(AttentionFwdParams& p, const Dims& d, const at::Tensor& q, 
 void fused_attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& cu_seqlens, const at::Tensor& cu_seqlens_host, int64_t max_seqlen,
                              double softmax_scale, bool causal, at::Tensor& out, at::Tensor& lse) {
-  const Dims d = check_fused_inputs(q, k, v, cu_seqlens, cu_seqlens_host, max_seqlen);
   check_output(out, q, q.sizes(), q.scalar_type(), "out");
   check_output(lse, q, {q.size(1), q.size(0)}, lse_dtype(q), "lse");
+  const Dims d = check_fused_inputs(q, k, v, cu_seqlens, cu_seqlens_host, max_seqlen, {{"out", &out}});
   if (d.total_tokens == 0) return;
   if (q.is_cpu()) {
     if (cpu_compute_dtype(q.scalar_type()) == at::kDouble) {
@@ -218,7 +239,6 @@ void fused_attention_backward(const at::Tensor& dout, const at::Tensor& q, const
                               const at::Tensor& out, const at::Tensor& lse, const at::Tensor& cu_seqlens,
                               const at::Tensor& cu_seqlens_host, int64_t max_seqlen, double softmax_scale,
                               bool causal, bool deterministic, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
-  const Dims d = check_fused_inputs(q, k, v, cu_seqlens, cu_seqlens_host, max_seqlen);
   check_output(out, q, q.sizes(), q.scalar_type(), "out");
   check_output(lse, q, {q.size(1), q.size(0)}, lse_dtype(q), "lse");
   TORCH_CHECK(dout.defined() && dout.sizes() == q.sizes() && dout.scalar_type() == q.scalar_type() &&
@@ -227,6 +247,8 @@ void fused_attention_backward(const at::Tensor& dout, const at::Tensor& q, const
   check_output(dq, q, q.sizes(), q.scalar_type(), "dq");
   check_output(dk, q, k.sizes(), q.scalar_type(), "dk");
   check_output(dv, q, v.sizes(), q.scalar_type(), "dv");
+  const Dims d = check_fused_inputs(q, k, v, cu_seqlens, cu_seqlens_host, max_seqlen,
+                                    {{"dout", &dout}, {"out", &out}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}});
   if (d.total_tokens == 0) return;
   if (q.is_cpu()) {
     if (cpu_compute_dtype(q.scalar_type()) == at::kDouble) {
@@ -313,10 +335,12 @@ at::Tensor fused_varlen_attention(const at::Tensor& q, const at::Tensor& k, cons
                                        deterministic);
 }
 
-at::Tensor reference_varlen_attention_fp64(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                           const at::Tensor& cu_seqlens_host, double softmax_scale, bool causal) {
-  const at::Tensor q64 = q.to(at::kCPU).to(at::kDouble), k64 = k.to(at::kCPU).to(at::kDouble),
-                   v64 = v.to(at::kCPU).to(at::kDouble);
+namespace {
+// Runs attend(qh, kh, vh) -> [Hq, L, D] on every non-empty document, with heads [Hq, L, D] (kv heads
+// repeated for GQA, the transformers repeat_kv layout), and concatenates the results as [T, Hq, D].
+template <typename Attend>
+at::Tensor per_document(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& cu_seqlens_host, Attend&& attend) {
   const int64_t group = q.size(1) / k.size(1);
   const at::Tensor off = cu_seqlens_host.to(at::kLong).contiguous();
   const int64_t* o = off.data_ptr<int64_t>();
@@ -324,18 +348,29 @@ at::Tensor reference_varlen_attention_fp64(const at::Tensor& q, const at::Tensor
   for (int64_t s = 0; s + 1 < off.numel(); ++s) {
     const int64_t begin = o[s], len = o[s + 1] - o[s];
     if (len == 0) continue;
-    at::Tensor qh = q64.narrow(0, begin, len).transpose(0, 1);                                     // [Hq, L, D]
-    at::Tensor kh = k64.narrow(0, begin, len).transpose(0, 1).repeat_interleave(group, 0);         // [Hq, L, D]
-    at::Tensor vh = v64.narrow(0, begin, len).transpose(0, 1).repeat_interleave(group, 0);         // [Hq, L, D]
-    at::Tensor scores = at::matmul(qh, kh.transpose(1, 2)) * softmax_scale;                         // [Hq, L, L]
+    auto heads = [&](const at::Tensor& x, int64_t repeat) {  // [L, H, D] -> [H * repeat, L, D]
+      return x.narrow(0, begin, len).transpose(0, 1).repeat_interleave(repeat, 0);
+    };
+    outputs.push_back(attend(heads(q, 1), heads(k, group), heads(v, group)).transpose(0, 1));  // [L, Hq, D]
+  }
+  if (outputs.empty()) return at::zeros_like(q);
+  return at::cat(outputs, 0);
+}
+}  // namespace
+
+at::Tensor reference_varlen_attention_fp64(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const at::Tensor& cu_seqlens_host, double softmax_scale, bool causal) {
+  auto fp64 = [](const at::Tensor& x) { return x.to(at::kCPU).to(at::kDouble); };
+  return per_document(fp64(q), fp64(k), fp64(v), cu_seqlens_host, [&](const at::Tensor& qh, const at::Tensor& kh,
+                                                                        const at::Tensor& vh) {
+    at::Tensor scores = at::matmul(qh, kh.transpose(1, 2)) * softmax_scale;  // [Hq, L, L]
     if (causal) {
+      const int64_t len = qh.size(1);
       at::Tensor future = at::ones({len, len}, scores.options().dtype(at::kBool)).triu(1);
       scores = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
     }
-    outputs.push_back(at::matmul(at::softmax(scores, -1), vh).transpose(0, 1));  // [L, Hq, D]
-  }
-  if (outputs.empty()) return at::zeros(q64.sizes(), q64.options());
-  return at::cat(outputs, 0);
+    return at::matmul(at::softmax(scores, -1), vh);  // [Hq, L, D]
+  });
 }
 
 std::string AttentionCheck::describe() const {
@@ -360,6 +395,14 @@ class SamePrecisionMathSdp {
  private:
   bool saved_;
 };
+// LibTorch's SDPA per document on 4-D [1, Hq, L, D] tensors (kv heads repeated for GQA) -> [T, Hq, D].
+at::Tensor sdpa_4d_per_document(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& cu_seqlens_host, double scale, bool causal) {
+  return per_document(q, k, v, cu_seqlens_host, [&](const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh) {
+    return at::scaled_dot_product_attention(qh.unsqueeze(0), kh.unsqueeze(0), vh.unsqueeze(0), {}, 0.0, causal, scale)
+        .squeeze(0);
+  });
+}
 }  // namespace
 
 AttentionCheck check_fused_against_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -386,7 +429,10 @@ AttentionCheck check_fused_against_reference(const at::Tensor& q, const at::Tens
   at::Tensor qt = q.detach().clone().requires_grad_(true), kt = k.detach().clone().requires_grad_(true),
              vt = v.detach().clone().requires_grad_(true);
   PackedSequences seqs{cu, cu_seqlens_host, max_seqlen};
-  at::Tensor out_t = varlen_attention(qt, kt, vt, seqs, softmax_scale, causal, AttentionImpl::Sdpa);
+  // CUDA: 4-D [1, H, L, D] per document, so SDPA's flash / cuDNN / memory-efficient backends can serve
+  // (3-D inputs force its math backend). CPU: the 3-D math path with same-precision reductions, above.
+  at::Tensor out_t = q.is_cuda() ? sdpa_4d_per_document(qt, kt, vt, cu_seqlens_host, softmax_scale, causal)
+                                 : varlen_attention(qt, kt, vt, seqs, softmax_scale, causal, AttentionImpl::Sdpa);
   auto grads_t = torch::autograd::grad({out_t}, {qt, kt, vt}, {dout});
   // fp64 reference on the CPU.
   at::Tensor qr = q.detach().to(at::kCPU).to(at::kDouble).requires_grad_(true),

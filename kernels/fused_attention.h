@@ -1,7 +1,6 @@
 // kernels/fused_attention.h: the autograd-wrapped fused (FlashAttention-2 style) varlen attention, its
 // raw forward/backward entry points (outputs supplied by the caller, so tests can poison them), the fp64
-// reference, the "2x torch error" comparison used by the start-up self-check and the GPU tests, and
-// resolve_attention_impl (run once by the model at construction).
+// reference and the "2x torch error" comparison used by the start-up self-check and the GPU tests.
 // On CUDA tensors it launches our kernels; on CPU tensors it runs the CPU twin (same blocked algorithm).
 #pragma once
 #include <ATen/ATen.h>
@@ -38,7 +37,8 @@ at::Tensor reference_varlen_attention_fp64(const at::Tensor& q, const at::Tensor
                                            const at::Tensor& cu_seqlens_host, double softmax_scale, bool causal);
 
 // FlashAttention's test rule on one input set: fused (raw entry points, outputs poisoned with NaN before
-// each launch) and LibTorch's own attention (per-document SDPA in the same dtype and device) are both
+// each launch) and LibTorch's own attention (per-document SDPA in the same dtype and device; 4-D
+// [1, H, L, D] on CUDA so its flash/cuDNN/memory-efficient backends can serve, 3-D math on the CPU) are both
 // compared with the fp64 reference, for out, dq, dk and dv (max abs error). Passes when every fused error
 // is finite and <= factor * torch error + abs_slack.
 struct AttentionCheck {
@@ -60,13 +60,6 @@ std::string fused_attention_self_check(const at::Device& device);
 // True when this build contains the CUDA kernel (nvcc was present at build time).
 bool fused_attention_has_cuda();
 
-// Resolves model.attention once, at model construction (the model stores the result and passes it to every
-// varlen_attention call):
-//   auto  + CUDA: fused after a passing self-check, otherwise a warning on stderr and sdpa;
-//   auto  + CPU:  the faster of the CPU twin and per-document SDPA for training (see kernels/README.md);
-//   fused:        the self-check must pass on CUDA, otherwise throws std::runtime_error;
-//   sdpa, eager:  returned unchanged, no check.
-// (Also declared in kernels/ops.h.)
-AttentionImpl resolve_attention_impl(AttentionImpl requested, const at::Device& device);
+// resolve_attention_impl (kernels/ops.h, kernels/attention_choice.cpp) runs fused_attention_self_check.
 
 }  // namespace sft::kernels

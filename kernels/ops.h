@@ -9,16 +9,39 @@
 
 namespace sft::kernels {
 
-enum class AttentionImpl { Auto, Fused, Sdpa, Eager };
+// Auto, Fused, Sdpa and Eager are the `model.attention` values. The last two are resolved choices only:
+//   FusedDeterministic: the fused kernel with its deterministic backward (model.deterministic_attention);
+//   TorchFlashVarlen:   LibTorch's built-in FlashAttention-2 varlen kernels (at::_flash_attention_forward
+//                       and its autograd backward, with cu_seqlens), which `auto` picks on CUDA when they
+//                       are faster than ours.
+enum class AttentionImpl { Auto, Fused, Sdpa, Eager, FusedDeterministic, TorchFlashVarlen };
+
+// Whether `impl` runs the fused kernel's deterministic backward (no atomics; kernels/README.md).
+constexpr bool deterministic_backward(AttentionImpl impl) { return impl == AttentionImpl::FusedDeterministic; }
 
 // Parses the `model.attention` config value; throws sft::InputError on anything else.
 AttentionImpl parse_attention_impl(const std::string& name);
 std::string to_string(AttentionImpl impl);
 
-// Resolves `auto` once per run (the caller stores the result): on CUDA it runs the fused kernel's
-// start-up self-check and falls back to SDPA with a warning if it fails; `fused` throws if it fails.
-// Defined in kernels/fused_attention.cpp.
-AttentionImpl resolve_attention_impl(AttentionImpl requested, const at::Device& device);
+// What resolve_attention_impl knows of the run. Zero sizes: unknown (auto then skips the timing race).
+struct AttentionResolveOptions {
+  bool deterministic = false;                   // model.deterministic_attention
+  at::ScalarType dtype = at::kBFloat16;         // dtype attention runs in (the autocast dtype, else model's)
+  int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;  // the model's attention shape
+  int64_t max_seqlen = 0;                       // data.max_seq_len
+};
+
+// Resolves `model.attention` once per run (the caller stores the result; kernels/attention_choice.cpp):
+//   sdpa, eager: unchanged, no check.
+//   CPU:  auto -> sdpa (faster than the twin, kernels/README.md); fused -> the twin.
+//   CUDA: fused -> ours after its start-up self-check passes, else throws std::runtime_error.
+//         auto  -> after our self-check, our kernel and LibTorch's FlashAttention-2 varlen are timed on the
+//                  run's heads and head_dim (a few ms of fwd+bwd) and the faster is used; the choice and
+//                  both timings are logged on stderr. sdpa if neither runs or the dtype is not bf16/fp16.
+//   deterministic: a resolved fused becomes FusedDeterministic; CUDA auto then skips the race and uses it
+//                  (LibTorch's flash backward is not deterministic by default).
+AttentionImpl resolve_attention_impl(AttentionImpl requested, const at::Device& device,
+                                     const AttentionResolveOptions& options = {});
 
 // Document boundaries of a packed token stream of T tokens.
 struct PackedSequences {

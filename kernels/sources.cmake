@@ -1,5 +1,6 @@
 # kernels/: attention entry point (dispatch), fused attention binding + CPU twin, CUDA device code.
 set(SFT_KERNEL_SOURCES
+  kernels/attention_choice.cpp
   kernels/attention_dispatch.cpp
   kernels/fused_attention.cpp
   kernels/cpu/attention_cpu.cpp

@@ -8,8 +8,12 @@ For every CUDA source in kernels/sources.cmake (SFT_KERNEL_CUDA_SOURCES) and eve
      compiling a tiny host program with the C++ compiler) and compares with the per-block opt-in limit;
   3. runs `cuobjdump --dump-sass` on the objects the build produced (--build-dir; else on the cubins from
      step 1) and counts tensor-core instructions (HMMA; HGMMA for Hopper paths) per kernel.
+  4. register headroom: compiles again with -DSFT_ATTN_REGISTER_PROBE=240 (kernels/common.cuh caps every hot
+     kernel at 240 registers with __maxnreg__) and requires that no hot kernel spills under that cap, i.e.
+     at least 15 registers of room below the 255 at which an edit or an nvcc update would start spilling.
 Fails (exit 1) on any spill, on a non-zero stack frame in a hot kernel (forward, dK/dV, dQ), on shared
-memory above the limit, or on a hot kernel without tensor-core instructions. Prints a markdown table.
+memory above the limit, on a hot kernel without tensor-core instructions, or on a hot kernel that does not
+fit the 240-register probe without spilling. Prints a markdown table.
 The parsers are checked against synthetic failing reports first (--no-selftest skips that).
 """
 import argparse
@@ -24,6 +28,7 @@ import tempfile
 
 HOT = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # opt-in per-block bytes
+REGISTER_PROBE = 240  # hot kernels must fit this many registers without spilling (255 is the hardware cap)
 
 
 def short_name(mangled):
@@ -115,10 +120,16 @@ def dynamic_smem(mangled, sizes):
     return 0
 
 
-def problems(arch, mangled, info, sizes, sass, built=None):
-    """The list of failed checks for one kernel on one arch (built: resource usage of the built object)."""
+def problems(arch, mangled, info, sizes, sass, built=None, probe=None):
+    """The list of failed checks for one kernel on one arch (built: resource usage of the built object;
+    probe: its ptxas report under the REGISTER_PROBE cap)."""
     out = []
     hot = any(h in mangled for h in HOT)
+    if hot and probe is None:
+        out.append("missing from the %d-register probe build" % REGISTER_PROBE)
+    elif hot and (probe["spill_st"] or probe["spill_ld"] or probe["stack"] or probe["regs"] > REGISTER_PROBE):
+        out.append("no register headroom: capped at %d registers it uses %d and spills %d/%d B" % (
+            REGISTER_PROBE, probe["regs"], probe["spill_st"], probe["spill_ld"]))
     if built is not None and (built["local"] or (hot and built["stack"])):
         out.append("built object uses local memory (%d B) / stack (%d B)" % (built["local"], built["stack"]))
     if info["spill_st"] or info["spill_ld"]:
@@ -151,16 +162,21 @@ def selftest():
     sass_bad = "arch = sm_80\n" + sass_bad
     sass_good = "arch = sm_80\n" + sass_good
     sizes = {"fwd128": 200000, "fwd64": 0, "dkdv64": 0, "dkdv128": 0, "dq64": 0, "dq128": 0}
-    found = problems(80, name, info, sizes, parse_sass(sass_bad))
-    assert len(found) == 4, found  # spills, stack, smem, no HMMA
+    found = problems(80, name, info, sizes, parse_sass(sass_bad), probe=info)
+    assert len(found) == 5, found  # no headroom, spills, stack, smem, no HMMA
     assert parse_sass(sass_good)[(80, short_name(name))]["hmma"] == 1
     clean = dict(regs=128, stack=0, spill_st=0, spill_ld=0, smem=0)
-    assert problems(80, name, clean, dict(sizes, fwd128=1000), parse_sass(sass_good)) == []
+    assert problems(80, name, clean, dict(sizes, fwd128=1000), parse_sass(sass_good), probe=clean) == []
+    # 255 registers without spills passes the plain checks; the probe's 4-byte spill at 240 does not.
+    capped = dict(regs=240, stack=8, spill_st=4, spill_ld=4, smem=0)
+    found = problems(80, name, dict(clean, regs=255), dict(sizes, fwd128=1000), parse_sass(sass_good), probe=capped)
+    assert len(found) == 1 and "headroom" in found[0], found
+    assert len(problems(80, name, clean, dict(sizes, fwd128=1000), parse_sass(sass_good))) == 1  # no probe
     assert short_name(name) == "attention_fwd_kernel<bf16,128>", short_name(name)
     ru = parse_resource_usage("arch = sm_90\n Function %s:\n  REG:200 STACK:16 SHARED:0 LOCAL:8 CONSTANT[0]:504\n" % name)
     assert ru[(90, short_name(name))] == dict(regs=200, stack=16, shared=0, local=8), ru
     assert len(problems(90, name, clean, dict(sizes, fwd128=1000), {(90, short_name(name)): {"hmma": 1, "hgmma": 0}},
-                        ru[(90, short_name(name))])) == 1
+                        ru[(90, short_name(name))], probe=clean)) == 1
 
 
 def find_cuobjdump():
@@ -215,21 +231,27 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         sizes = smem_sizes(args.source_dir, tmp)
         ptxas = {}
+        probe = {}
         cubins = []
         for src in cuda_sources(args.source_dir):
             for arch in archs:
-                cubin = os.path.join(tmp, "%s.sm_%d.cubin" % (os.path.basename(src), arch))
-                cmd = [args.nvcc, "-std=c++17", "-O3", "-DSFT_WITH_CUDA=1", "-I", args.source_dir,
-                       "--expt-relaxed-constexpr", "-lineinfo", "-gencode", "arch=compute_%d,code=sm_%d" % (arch, arch),
-                       "-Xptxas=-v", "-cubin", "-o", cubin, os.path.join(args.source_dir, src)]
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                if r.returncode != 0:
-                    print(r.stdout + r.stderr)
-                    failures.append("%s sm_%d: nvcc failed" % (src, arch))
-                    continue
-                for name, info in parse_ptxas(r.stdout + r.stderr).items():
-                    ptxas[(arch, name)] = info
-                cubins.append(cubin)
+                for probing in (False, True):
+                    cubin = os.path.join(tmp, "%s.sm_%d%s.cubin" % (os.path.basename(src), arch, ".probe" * probing))
+                    cmd = [args.nvcc, "-std=c++17", "-O3", "-DSFT_WITH_CUDA=1", "-I", args.source_dir,
+                           "--expt-relaxed-constexpr", "-lineinfo", "-gencode",
+                           "arch=compute_%d,code=sm_%d" % (arch, arch), "-Xptxas=-v", "-cubin", "-o", cubin,
+                           os.path.join(args.source_dir, src)]
+                    if probing:
+                        cmd.insert(1, "-DSFT_ATTN_REGISTER_PROBE=%d" % REGISTER_PROBE)
+                    r = subprocess.run(cmd, capture_output=True, text=True)
+                    if r.returncode != 0:
+                        print(r.stdout + r.stderr)
+                        failures.append("%s sm_%d%s: nvcc failed" % (src, arch, " (register probe)" * probing))
+                        continue
+                    for name, info in parse_ptxas(r.stdout + r.stderr).items():
+                        (probe if probing else ptxas)[(arch, name)] = info
+                    if not probing:
+                        cubins.append(cubin)
         objects = []
         if args.build_dir:
             objects = sorted(glob.glob(os.path.join(args.build_dir, "**", "kernels", "*.cu.o"), recursive=True))
@@ -242,7 +264,8 @@ def main():
             r = subprocess.run([args.cuobjdump, "--dump-sass", obj], capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 failures.append("cuobjdump failed on %s: %s" % (obj, r.stderr.strip()))
-            sass_text += r.stdout
+            m = re.search(r"\.sm_(\d+)\.cubin$", obj)  # a cubin's dump names no arch; its file name does
+            sass_text += ("arch = sm_%s\n" % m.group(1) if m else "") + r.stdout
         sass = parse_sass(sass_text)
         built = {}
         for obj in objects:
@@ -250,17 +273,20 @@ def main():
             built.update(parse_resource_usage(r.stdout))
         print("SASS checked in: %s" % ", ".join(os.path.relpath(o, args.source_dir) for o in (objects or cubins)))
         print()
-        print("| kernel | arch | regs | stack B | spill st/ld B | smem static+dyn B | HMMA | HGMMA | built regs/local B | status |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| kernel | arch | regs | stack B | spill st/ld B | smem static+dyn B | HMMA | HGMMA | built regs/local B |"
+              " regs/spill B at cap %d | status |" % REGISTER_PROBE)
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for (arch, name), info in sorted(ptxas.items(), key=lambda kv: (short_name(kv[0][1]), kv[0][0])):
             b = built.get((arch, short_name(name)))
-            found = problems(arch, name, info, sizes, sass, b)
+            pr = probe.get((arch, name))
+            found = problems(arch, name, info, sizes, sass, b, pr)
             c = sass.get((arch, short_name(name)), {"hmma": "-", "hgmma": "-"})
             rows.append(name)
-            print("| %s | sm_%d | %d | %d | %d/%d | %d | %s | %s | %s | %s |" % (
+            print("| %s | sm_%d | %d | %d | %d/%d | %d | %s | %s | %s | %s | %s |" % (
                 short_name(name), arch, info["regs"], info["stack"], info["spill_st"], info["spill_ld"],
                 info["smem"] + dynamic_smem(name, sizes), c["hmma"], c["hgmma"],
-                "%d/%d" % (b["regs"], b["local"]) if b else "-", "; ".join(found) or "ok"))
+                "%d/%d" % (b["regs"], b["local"]) if b else "-",
+                "%d/%d" % (pr["regs"], pr["spill_st"] + pr["spill_ld"]) if pr else "-", "; ".join(found) or "ok"))
             failures += ["%s sm_%d: %s" % (short_name(name), arch, f) for f in found]
         for hot in HOT:
             for arch in archs:
@@ -271,7 +297,8 @@ def main():
         print("FAILED:\n  " + "\n  ".join(failures))
         return 1
     print("ok: %d kernel builds, no spills, no stack frames in hot kernels, shared memory within limits, "
-          "tensor-core instructions in every hot kernel" % len(rows))
+          "tensor-core instructions in every hot kernel, every hot kernel fits %d registers without spilling"
+          % (len(rows), REGISTER_PROBE))
     return 0
 
 

@@ -2,8 +2,10 @@
 # scripts/gpu_check.sh: the one command to run on a machine with an NVIDIA GPU. Builds sft_tests with the
 # CUDA kernels (for sm_80, sm_90 and the local GPU's arch), runs the GPU-free build checks, runs every
 # attention test (the GPU ones must not skip here), then prints the TFLOP/s table of our forward and
-# forward+backward against LibTorch SDPA (flash and cuDNN backends) for seq 512-8k, head_dim 64/128,
-# causal and not (FlashAttention's FLOP formula; kernels/README.md explains it).
+# forward+backward against LibTorch SDPA (flash, cuDNN and memory-efficient backends) and LibTorch's
+# FlashAttention-2 varlen for seq 512-8k, head_dim 64/128, causal and not, plus a packed mix
+# (FlashAttention's FLOP formula; kernels/README.md explains it). This is the from-source variant of the
+# carried proof, gpu-bundle/run.sh (scripts/gpu_bundle.sh), for a GPU machine that can build the project.
 # Usage: bash scripts/gpu_check.sh [BUILD_DIR]   (default build-gpu; -j from SFT_JOBS, default 8)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -19,5 +19,15 @@ status=0
 if [[ -f scripts/fuzz_safetensors.sh ]]; then
   FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash scripts/fuzz_safetensors.sh || status=$?
 fi
+# The carried GPU proof (scripts/gpu_bundle.sh; reuses build/'s objects) and its CPU dry run, so a broken
+# bundle is caught before device time is spent. Needs nvcc (a CUDA build); skipped with a message without.
+if [[ -x /usr/local/cuda/bin/nvcc ]] || command -v nvcc >/dev/null; then
+  bundle_start=$(date +%s)
+  { bash scripts/gpu_bundle.sh && SFT_PYTHON="$ROOT/.venv/bin/python" OUT="$ROOT/gpu-bundle/dry-run" \
+      bash gpu-bundle/run.sh --dry-run; } || status=$?
+  echo "[test] gpu bundle + dry run: $(( $(date +%s) - bundle_start )) s"
+else
+  echo "[test] gpu bundle: skipped (no nvcc, so no CUDA build to bundle)"
+fi
 echo "[test] total: $(( $(date +%s) - start )) s"
 exit $status

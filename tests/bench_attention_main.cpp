@@ -3,9 +3,11 @@
 //                            fused CPU twin against LibTorch's per-document SDPA on packed rows of 1 to 8
 //                            documents. `model.attention: auto` on the CPU picks the winner
 //                            (kernels/attention_dispatch.cpp, kCpuAutoImpl).
-//   bench_attention --cuda   GPU (scripts/gpu_check.sh): TFLOP/s of our CUDA kernel forward and
-//                            forward+backward against SDPA's flash and cuDNN backends, bf16, 16k tokens
-//                            per run, model dim 2048, seq 512-8k, head_dim 64/128, causal and not.
+//   bench_attention --cuda   GPU (scripts/gpu_run.sh, scripts/gpu_check.sh): TFLOP/s of our CUDA kernel
+//                            forward and forward+backward against SDPA's flash, cuDNN and memory-efficient
+//                            backends and LibTorch's FlashAttention-2 varlen (cu_seqlens), bf16, 16k tokens
+//                            per run, model dim 2048, seq 512-8k, head_dim 64/128, causal and not; then one
+//                            packed mix of lengths (ours, varlen, per-document SDPA).
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
@@ -96,7 +98,7 @@ double cuda_time_ms(const std::function<void()>& fn) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-enum class SdpaBackend { Flash, CuDNN };
+enum class SdpaBackend { Flash, CuDNN, MemEfficient };
 // Forces one SDPA backend for the duration of `fn` (LibTorch's global SDP flags, restored afterwards).
 // A backend that rejects the shape or GPU is reported as nan.
 double time_sdpa(SdpaBackend backend, const std::function<void()>& fn) {
@@ -105,7 +107,7 @@ double time_sdpa(SdpaBackend backend, const std::function<void()>& fn) {
              mem = ctx.userEnabledMemEfficientSDP(), math = ctx.userEnabledMathSDP();
   ctx.setSDPUseFlash(backend == SdpaBackend::Flash);
   ctx.setSDPUseCuDNN(backend == SdpaBackend::CuDNN);
-  ctx.setSDPUseMemEfficient(false);
+  ctx.setSDPUseMemEfficient(backend == SdpaBackend::MemEfficient);
   ctx.setSDPUseMath(false);
   double ms = std::nan("");
   try {
@@ -119,37 +121,55 @@ double time_sdpa(SdpaBackend backend, const std::function<void()>& fn) {
   return ms;
 }
 
+double time_or_nan(const std::function<void()>& fn) {
+  try {
+    return cuda_time_ms(fn);
+  } catch (const std::exception&) {
+    return std::nan("");
+  }
+}
+
+// fwd (+ bwd through autograd) of one packed-varlen implementation on [T, H, D] inputs.
+std::function<void()> varlen_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+                                  const PackedSequences& seqs, double scale, bool causal, AttentionImpl impl, bool bwd) {
+  return [=] {
+    at::Tensor qg = q.detach().requires_grad_(bwd), kg = k.detach().requires_grad_(bwd), vg = v.detach().requires_grad_(bwd);
+    at::Tensor out = sft::kernels::varlen_attention(qg, kg, vg, seqs, scale, causal, impl);
+    if (bwd) torch::autograd::grad({out}, {qg, kg, vg}, {dout});
+  };
+}
+
+PackedSequences packed(const std::vector<int32_t>& lens, const at::Device& device) {
+  std::vector<int32_t> offsets{0};
+  for (int32_t len : lens) offsets.push_back(offsets.back() + len);
+  const at::Tensor cu_host = at::tensor(offsets, at::kInt);
+  return PackedSequences{cu_host.to(device), cu_host, *std::max_element(lens.begin(), lens.end())};
+}
+
 void run_cuda() {
   if (!sft::kernels::fused_attention_has_cuda()) throw std::runtime_error("this build has no CUDA kernels");
   if (!torch::cuda::is_available()) throw std::runtime_error("no CUDA device is available");
   const at::Device cuda(at::kCUDA, 0);
   auto randn = [&](int64_t t, int64_t h, int64_t d) { return at::randn({t, h, d}, at::kFloat).to(cuda).to(at::kBFloat16); };
-  std::printf("TFLOP/s, bf16, 16k tokens per run, model dim 2048\n\n");
-  std::printf("| seqlen | D | causal | ours fwd | flash fwd | cudnn fwd | ours fwd+bwd | flash fwd+bwd | cudnn fwd+bwd |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
+  std::printf("TFLOP/s (FlashAttention's formula: fwd 4 B L^2 H D, /2 causal; fwd+bwd 3.5 x fwd), bf16, 16k tokens per "
+              "run, model dim 2048 (H = 2048 / D), mean of 10 after a warm-up. ours = fused; flash/cudnn/memeff = SDPA "
+              "backends on [B, H, L, D]; varlen = LibTorch's FlashAttention-2 varlen (at::_flash_attention_forward and, "
+              "through autograd, _flash_attention_backward) with cu_seqlens; nan = the backend refused the shape.\n\n");
+  std::printf("| seqlen | D | causal | ours fwd | flash fwd | cudnn fwd | memeff fwd | varlen fwd | ours fwd+bwd |"
+              " flash fwd+bwd | cudnn fwd+bwd | memeff fwd+bwd | varlen fwd+bwd |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (int d : {64, 128}) {
     for (bool causal : {false, true}) {
       for (int len : {512, 1024, 2048, 4096, 8192}) {
         const int batch = 16384 / len, heads = 2048 / d;
         const int64_t total = static_cast<int64_t>(batch) * len;
-        std::vector<int32_t> offsets{0};
-        for (int b = 0; b < batch; ++b) offsets.push_back(offsets.back() + len);
-        const at::Tensor cu_host = at::tensor(offsets, at::kInt);
-        const PackedSequences seqs{cu_host.to(cuda), cu_host, len};
+        const PackedSequences seqs = packed(std::vector<int32_t>(batch, len), cuda);
         const double scale = 1.0 / std::sqrt(d);
         const at::Tensor q = randn(total, heads, d), k = randn(total, heads, d), v = randn(total, heads, d),
                          dout = randn(total, heads, d);
         auto bhld = [&](const at::Tensor& x) { return x.view({batch, len, heads, d}).transpose(1, 2); };  // SDPA layout
         const double fwd_flops = 4.0 * batch * len * static_cast<double>(len) * heads * d / (causal ? 2 : 1);
-        auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
-        auto ours = [&](bool bwd) {
-          return [&, bwd] {
-            at::Tensor qg = q.detach().requires_grad_(bwd), kg = k.detach().requires_grad_(bwd),
-                       vg = v.detach().requires_grad_(bwd);
-            at::Tensor out = sft::kernels::varlen_attention(qg, kg, vg, seqs, scale, causal, AttentionImpl::Fused);
-            if (bwd) torch::autograd::grad({out}, {qg, kg, vg}, {dout});
-          };
-        };
         auto sdpa = [&](bool bwd) {
           return [&, bwd] {
             at::Tensor qg = bhld(q).detach().requires_grad_(bwd), kg = bhld(k).detach().requires_grad_(bwd),
@@ -158,16 +178,48 @@ void run_cuda() {
             if (bwd) torch::autograd::grad({out}, {qg, kg, vg}, {bhld(dout)});
           };
         };
-        const double r[6] = {tflops(fwd_flops, cuda_time_ms(ours(false))),
-                             tflops(fwd_flops, time_sdpa(SdpaBackend::Flash, sdpa(false))),
-                             tflops(fwd_flops, time_sdpa(SdpaBackend::CuDNN, sdpa(false))),
-                             tflops(3.5 * fwd_flops, cuda_time_ms(ours(true))),
-                             tflops(3.5 * fwd_flops, time_sdpa(SdpaBackend::Flash, sdpa(true))),
-                             tflops(3.5 * fwd_flops, time_sdpa(SdpaBackend::CuDNN, sdpa(true)))};
-        std::printf("| %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", len, d, causal, r[0], r[1], r[2],
-                    r[3], r[4], r[5]);
+        double r[10];
+        for (int bwd = 0; bwd < 2; ++bwd) {
+          const double flops = (bwd ? 3.5 : 1.0) * fwd_flops;
+          r[5 * bwd + 0] = tflops(flops, time_or_nan(varlen_call(q, k, v, dout, seqs, scale, causal, AttentionImpl::Fused, bwd)));
+          r[5 * bwd + 1] = tflops(flops, time_sdpa(SdpaBackend::Flash, sdpa(bwd)));
+          r[5 * bwd + 2] = tflops(flops, time_sdpa(SdpaBackend::CuDNN, sdpa(bwd)));
+          r[5 * bwd + 3] = tflops(flops, time_sdpa(SdpaBackend::MemEfficient, sdpa(bwd)));
+          r[5 * bwd + 4] = tflops(
+              flops, time_or_nan(varlen_call(q, k, v, dout, seqs, scale, causal, AttentionImpl::TorchFlashVarlen, bwd)));
+        }
+        std::printf("| %d | %d | %d |", len, d, causal);
+        for (double x : r) std::printf(" %.1f |", x);
+        std::printf("\n");
+        std::fflush(stdout);
       }
     }
+  }
+  // A packed batch of mixed lengths (what training sees): only the varlen kernels take it as one call;
+  // sdpa is `attention: sdpa`, SDPA once per document. FLOPs count each document's own L^2.
+  const std::vector<int32_t> mix{4096, 2048, 2048, 1500, 1024, 1024, 900, 700, 600, 512, 512, 400, 300,
+                                 256, 200, 128, 100, 64, 33, 17, 1};
+  std::printf("\nPacked mix: %zu documents of 1 to 4096 tokens in one row (%d tokens), causal, bf16, GQA Hq 16 / Hkv 4; "
+              "TFLOP/s over the documents' own L^2\n\n",
+              mix.size(), [&] { int t = 0; for (int x : mix) t += x; return t; }());
+  std::printf("| D | ours fwd | varlen fwd | sdpa per doc fwd | ours fwd+bwd | varlen fwd+bwd | sdpa per doc fwd+bwd |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (int d : {64, 128}) {
+    const PackedSequences seqs = packed(mix, cuda);
+    const int64_t total = seqs.cu_seqlens_host[-1].item<int64_t>();
+    const int hq = 16, hkv = 4;
+    const at::Tensor q = randn(total, hq, d), k = randn(total, hkv, d), v = randn(total, hkv, d), dout = randn(total, hq, d);
+    double fwd_flops = 0;
+    for (int32_t len : mix) fwd_flops += 4.0 * static_cast<double>(len) * len * hq * d / 2;
+    const double scale = 1.0 / std::sqrt(d);
+    std::printf("| %d |", d);
+    for (int bwd = 0; bwd < 2; ++bwd) {
+      for (AttentionImpl impl : {AttentionImpl::Fused, AttentionImpl::TorchFlashVarlen, AttentionImpl::Sdpa}) {
+        std::printf(" %.1f |", tflops((bwd ? 3.5 : 1.0) * fwd_flops,
+                                      time_or_nan(varlen_call(q, k, v, dout, seqs, scale, true, impl, bwd))));
+      }
+    }
+    std::printf("\n");
   }
 }
 

@@ -8,6 +8,7 @@ set(SFT_TEST_SOURCES
   tests/test_data.cpp
   tests/test_attention.cpp
   tests/test_attention_cuda.cpp
+  tests/test_attention_choice.cpp
   tests/test_config.cpp
   tests/test_train.cpp
   tests/test_cli.cpp

@@ -3,7 +3,9 @@
 // the case matrix (lengths 1, 2, block +-1, long; mixed packed batches; causal or not; GQA 1/2/4/8; head
 // dims 64/128; both backward modes), fp64 finite-difference gradients, the autograd wrapper, the 2x-error
 // rule on bf16/fp16 inputs, correct rounding of the low-precision results against the fp64 gradients of
-// the designed algorithm, the input checker, resolve_attention_impl and the shared-memory budget.
+// the designed algorithm, the input checker, resolve_attention_impl and the shared-memory budget; and the
+// kernel hardening a CPU can reach: the folded (sequence, block) grid index past 65,535 sequences, the
+// CUDA alignment rule on real layouts, and strided (fused-qkv, head-padded) q/k/v.
 // The CPU speed comparison with LibTorch's SDPA is scripts/bench_attention.sh (tests/bench_attention_main.cpp).
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
@@ -102,6 +104,54 @@ TEST(AttentionIndex, SequenceSpansAndGqaMapping) {
   EXPECT_EQ(attn::first_q_head_of(1, 4), 4);
   EXPECT_EQ(attn::row_stat_index(2, 5, 100), 205);
   EXPECT_EQ(attn::token_offset(3, 2, 8 * 64, 64), 3 * 512 + 128);
+}
+
+// The (sequence, block) fold of blockIdx.x (the CUDA grid and the CPU twin's work items): every pair
+// round-trips, also far past the 65,535 sequences that gridDim.y would allow, and the grid limit holds.
+TEST(AttentionIndex, FoldedGridCoversMoreThan65535Sequences) {
+  for (int blocks : {1, 2, 3, 64, 1000}) {
+    const int seqs = 200000;
+    const long long grid_x = attn::folded_grid_x(blocks, seqs);
+    ASSERT_EQ(grid_x, static_cast<long long>(blocks) * seqs);
+    for (long long x : {0LL, 1LL, 65535LL * blocks, 65536LL * blocks + blocks - 1, grid_x - 1}) {
+      const attn::BlockOfSeq c = attn::unfold_block_seq(static_cast<unsigned>(x), blocks);
+      EXPECT_EQ(c.block, x % blocks);
+      EXPECT_EQ(c.seq, x / blocks);
+      EXPECT_EQ(static_cast<long long>(c.seq) * blocks + c.block, x);
+    }
+    for (int seq : {0, 65534, 65535, 65536, 70000, seqs - 1}) {
+      for (int block : {0, blocks - 1}) {
+        const attn::BlockOfSeq c =
+            attn::unfold_block_seq(static_cast<unsigned>(static_cast<long long>(seq) * blocks + block), blocks);
+        EXPECT_EQ(c.seq, seq);
+        EXPECT_EQ(c.block, block);
+      }
+    }
+  }
+  EXPECT_TRUE(attn::folded_grid_fits(1024, 2000000));
+  EXPECT_TRUE(attn::folded_grid_fits(32, 2147483647));  // one 32-row block per sequence: exactly the limit
+  EXPECT_FALSE(attn::folded_grid_fits(64, 2147483647));
+  EXPECT_FALSE(attn::folded_grid_fits(1 << 20, 1 << 20));
+}
+
+// The CUDA alignment rule (attn::vector_access_ok) on real tensor layouts: a contiguous view with an odd
+// storage offset fails it although every shape check passes; fused-qkv slices and padded rows pass.
+TEST(AttentionIndex, VectorAccessNeedsAlignedStartAndStrides) {
+  auto ok = [](const at::Tensor& t) {
+    return attn::vector_access_ok(t.stride(0), t.stride(1), t.stride(2), reinterpret_cast<uintptr_t>(t.data_ptr()));
+  };
+  const at::Tensor base = at::empty({8 * 4 * 64 + 8}, at::kBFloat16);  // the CPU allocator aligns to 64 B
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(base.data_ptr()) % 16, 0u);
+  EXPECT_TRUE(ok(base.narrow(0, 0, 8 * 4 * 64).view({8, 4, 64})));
+  const at::Tensor shifted = base.narrow(0, 1, 8 * 4 * 64).view({8, 4, 64});  // 2-byte offset
+  EXPECT_TRUE(shifted.is_contiguous());
+  EXPECT_FALSE(ok(shifted));
+  EXPECT_TRUE(ok(base.narrow(0, 8, 8 * 4 * 64).view({8, 4, 64})));  // 16-byte offset
+  const at::Tensor qkv = at::empty({8, 4 + 2 + 2, 64}, at::kBFloat16);
+  EXPECT_TRUE(ok(qkv.narrow(1, 4, 2)));                            // k of a fused projection
+  EXPECT_TRUE(ok(at::empty({8, 2, 72}, at::kBFloat16).narrow(2, 0, 64)));  // head stride 72
+  EXPECT_FALSE(ok(at::empty({8, 2, 68}, at::kBFloat16).narrow(2, 0, 64)));  // head stride 68
+  EXPECT_FALSE(ok(at::empty({8, 64, 2}, at::kBFloat16).transpose(1, 2)));   // D not unit-stride
 }
 
 // Every kernel's shared memory fits the opt-in per-block limit of A100 (sm_80) and H100 (sm_90).
@@ -428,6 +478,79 @@ TEST(AttentionCpuTwin, LowPrecisionWithinTwiceTorchError) {
       SCOPED_TRACE(r.describe() + " seed " + std::to_string(seed));
       EXPECT_TRUE(r.passed);
       for (int i = 0; i < 4; ++i) EXPECT_GT(r.err_torch[i], 0.0);
+    }
+  }
+}
+
+// More than 65,535 sequences (the CUDA grid folds the sequence index into x; the twin walks the same
+// folded work items): 70,000 one-token documents, then a 130-token one at index 70,000.
+TEST(AttentionCpuTwin, MoreThan65535Sequences) {
+  fresh_seed();
+  std::vector<int32_t> lens(70000, 1);
+  lens.push_back(130);
+  const Packed p = pack(lens);
+  for (bool deterministic : {false, true}) {
+    at::Tensor q = at::randn({p.total, 2, 64}), k = at::randn({p.total, 1, 64}), v = at::randn({p.total, 1, 64});
+    at::Tensor dout = at::randn({p.total, 2, 64});
+    at::Tensor out = at::full(q.sizes(), NAN), lse = at::full({2, p.total}, NAN);
+    fused_attention_forward(q, k, v, p.cu_host, p.cu_host, p.max_len, 0.125, true, out, lse);
+    // A one-token document attends to itself only: P = 1, out = v, lse = the scaled self-score.
+    EXPECT_TRUE(at::equal(out.narrow(0, 0, 70000), v.narrow(0, 0, 70000).expand({70000, 2, 64})));
+    const at::Tensor self_scores = (q.narrow(0, 0, 70000) * k.narrow(0, 0, 70000)).sum(-1).t() * 0.125;  // [2, N]
+    EXPECT_LT(max_err(lse.narrow(1, 0, 70000), self_scores), 1e-5);
+    const at::Tensor last = reference_varlen_attention_fp64(q.narrow(0, 70000, 130), k.narrow(0, 70000, 130),
+                                                            v.narrow(0, 70000, 130), pack({130}).cu_host, 0.125, true);
+    EXPECT_LT(max_err(out.narrow(0, 70000, 130), last), 2e-5 * max_abs(last));
+    at::Tensor dq = at::full(q.sizes(), NAN), dk = at::full(k.sizes(), NAN), dv = at::full(v.sizes(), NAN);
+    fused_attention_backward(dout, q, k, v, out, lse, p.cu_host, p.cu_host, p.max_len, 0.125, true, deterministic, dq,
+                             dk, dv);
+    // dV of a one-token document sums dO over its 2 query heads; dS = P (dP - D) = 0, so dQ = dK = 0.
+    EXPECT_LT(max_err(dv.narrow(0, 0, 70000), dout.narrow(0, 0, 70000).sum(1, true)), 1e-5) << deterministic;
+    EXPECT_LT(max_abs(dq.narrow(0, 0, 70000)), 1e-5) << deterministic;
+    EXPECT_LT(max_abs(dk.narrow(0, 0, 70000)), 1e-5) << deterministic;
+    at::Tensor qr = q.narrow(0, 70000, 130).to(at::kDouble).requires_grad_(true),
+               kr = k.narrow(0, 70000, 130).to(at::kDouble).requires_grad_(true),
+               vr = v.narrow(0, 70000, 130).to(at::kDouble).requires_grad_(true);
+    const at::Tensor out_r = reference_varlen_attention_fp64(qr, kr, vr, pack({130}).cu_host, 0.125, true);
+    auto gr = torch::autograd::grad({out_r}, {qr, kr, vr}, {dout.narrow(0, 70000, 130).to(at::kDouble)});
+    EXPECT_LT(max_err(dq.narrow(0, 70000, 130), gr[0]), 2e-5 * max_abs(gr[0])) << deterministic;
+    EXPECT_LT(max_err(dk.narrow(0, 70000, 130), gr[1]), 2e-5 * max_abs(gr[1])) << deterministic;
+    EXPECT_LT(max_err(dv.narrow(0, 70000, 130), gr[2]), 2e-5 * max_abs(gr[2])) << deterministic;
+  }
+}
+
+// q/k/v with non-contiguous token and head strides (head ranges of one fused qkv tensor; head-padded
+// rows), through the autograd wrapper: bitwise the results of contiguous copies, gradients flowing back
+// into the strided storage, and the fp64 reference agrees.
+TEST(AttentionCpuTwin, StridedInputsMatchContiguousCopies) {
+  const uint64_t seed = fresh_seed();
+  const Packed p = pack({100, 64, 1, 130});
+  for (int d : {64, 128}) {
+    const int hq = 4, hkv = 2;
+    at::Tensor qkv = at::randn({p.total, hq + 2 * hkv, d}).requires_grad_(true);  // token stride (hq + 2 hkv) d
+    at::Tensor padded = at::randn({p.total, hkv, d + 8}).requires_grad_(true);     // head stride d + 8
+    const at::Tensor q = qkv.narrow(1, 0, hq), k = qkv.narrow(1, hq, hkv), v = padded.narrow(2, 0, d);
+    ASSERT_FALSE(q.is_contiguous());
+    ASSERT_FALSE(k.is_contiguous());
+    ASSERT_FALSE(v.is_contiguous());
+    const at::Tensor dout = at::randn({p.total, hq, d});
+    for (bool deterministic : {false, true}) {
+      const at::Tensor out = fused_varlen_attention(q, k, v, p.cu_host, p.cu_host, p.max_len, 0.1, true, deterministic);
+      auto g = torch::autograd::grad({out}, {qkv, padded}, {dout});
+      at::Tensor qc = q.detach().contiguous().requires_grad_(true), kc = k.detach().contiguous().requires_grad_(true),
+                 vc = v.detach().contiguous().requires_grad_(true);
+      const at::Tensor out_c = fused_varlen_attention(qc, kc, vc, p.cu_host, p.cu_host, p.max_len, 0.1, true, deterministic);
+      auto gc = torch::autograd::grad({out_c}, {qc, kc, vc}, {dout});
+      SCOPED_TRACE("d " + std::to_string(d) + " deterministic " + std::to_string(deterministic) + " seed " +
+                   std::to_string(seed));
+      EXPECT_TRUE(at::equal(out, out_c));
+      EXPECT_TRUE(at::equal(g[0].narrow(1, 0, hq), gc[0]));
+      EXPECT_TRUE(at::equal(g[0].narrow(1, hq, hkv), gc[1]));
+      EXPECT_EQ(max_abs(g[0].narrow(1, hq + hkv, hkv)), 0.0);  // the unused third slice
+      EXPECT_TRUE(at::equal(g[1].narrow(2, 0, d), gc[2]));
+      EXPECT_EQ(max_abs(g[1].narrow(2, d, 8)), 0.0);            // the padding
+      const at::Tensor ref = reference_varlen_attention_fp64(q, k, v, p.cu_host, 0.1, true);
+      EXPECT_LT(max_err(out, ref), 2e-5 * max_abs(ref));
     }
   }
 }

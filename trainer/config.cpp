@@ -24,6 +24,8 @@ void visit_fields(Config& c, V& v) {
   v("model.dtype", c.model.dtype, "compute dtype: auto|float32|bfloat16|float16 (CPU auto = float32, CUDA auto = bfloat16)");
   v("model.attention", c.model.attention, "attention implementation: auto|fused|sdpa|eager");
   v("model.gradient_checkpointing", c.model.gradient_checkpointing, "recompute layer activations in backward to save memory");
+  v("model.deterministic_attention", c.model.deterministic_attention,
+    "fused attention backward without atomics: bitwise reproducible dQ, costs an extra pass over the keys");
   v("tokenizer.path", c.tokenizer.path, "tokenizer directory (default: model.path; tokenizer.json preferred, else tokenizer.model)");
   v("data.train", c.data.train, "training JSONL file or list of files (required)");
   v("data.eval", c.data.eval, "held-out JSONL file; if absent, eval_ratio of train is held out (seeded)");

@@ -16,6 +16,7 @@ struct ModelOptions {
   std::string dtype = "auto";          // auto|float32|bfloat16|float16
   std::string attention = "auto";      // auto|fused|sdpa|eager
   bool gradient_checkpointing = false;
+  bool deterministic_attention = false;  // fused attention's deterministic backward (kernels/README.md)
 };
 
 struct LoraOptions {

@@ -11,11 +11,30 @@
 
 #include "common/errors.h"
 #include "data/tokenized.h"
+#include "model/config.h"
 #include "model/weights.h"
 #include "trainer/export.h"
 
 namespace sft {
 namespace fs = std::filesystem;
+
+namespace {
+// What resolve_attention_impl needs of the run: the deterministic key, the attention dtype and, for the
+// timing race of `auto` on CUDA only, the model's attention shape (config.json is read here for it).
+kernels::AttentionResolveOptions attention_resolve_options(const Config& config, const Runtime& runtime) {
+  kernels::AttentionResolveOptions options;
+  options.deterministic = config.model.deterministic_attention;
+  options.dtype = runtime.autocast_dtype.value_or(runtime.dtype);
+  options.max_seqlen = config.data.max_seq_len;
+  if (runtime.device.is_cuda() && config.model.attention == "auto") {
+    const model::ModelConfig shape = model::load_model_config(config.model.path);
+    options.num_heads = shape.num_attention_heads;
+    options.num_kv_heads = shape.num_key_value_heads;
+    options.head_dim = shape.head_dim;
+  }
+  return options;
+}
+}  // namespace
 
 Runtime resolve_runtime(const Config& config) {
   Runtime runtime;
@@ -35,8 +54,8 @@ Runtime resolve_runtime(const Config& config) {
     runtime.dtype = runtime.device.is_cuda() ? at::kBFloat16 : at::kFloat;
   }
   runtime.gradient_checkpointing = config.model.gradient_checkpointing;
-  runtime.attention =
-      kernels::resolve_attention_impl(kernels::parse_attention_impl(config.model.attention), runtime.device);
+  runtime.attention = kernels::resolve_attention_impl(kernels::parse_attention_impl(config.model.attention),
+                                                     runtime.device, attention_resolve_options(config, runtime));
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
   return runtime;
 }

@@ -247,18 +247,26 @@ int max_seqlen_of(const int32_t* cu, int n) {
   return mx;
 }
 
+// Work item `it` of a CUDA launch whose grid is (folded (sequence, block), head): which CTA it is.
+struct GridCell {
+  int block, seq, head;
+};
+GridCell grid_cell(int64_t it, int blocks_per_seq, int num_seqs) {
+  const long long grid_x = attn::folded_grid_x(blocks_per_seq, num_seqs);
+  const attn::BlockOfSeq c = attn::unfold_block_seq(static_cast<unsigned>(it % grid_x), blocks_per_seq);
+  return GridCell{c.block, c.seq, static_cast<int>(it / grid_x)};
+}
+
 }  // namespace
 
 template <typename Scalar>
 void attention_fwd_cpu(const CpuAttentionArgs<Scalar>& a) {
   const int m_blocks = attn::num_blocks(max_seqlen_of(a.cu_seqlens, a.num_seqs), attn::kFwdBlockM);
-  const int64_t items = static_cast<int64_t>(m_blocks) * a.num_seqs * a.num_heads;  // the CUDA grid
+  const int64_t items = attn::folded_grid_x(m_blocks, a.num_seqs) * a.num_heads;  // the CUDA grid
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
-      const int m_block = static_cast<int>(it % m_blocks);
-      const int seq = static_cast<int>((it / m_blocks) % a.num_seqs);
-      const int head = static_cast<int>(it / (static_cast<int64_t>(m_blocks) * a.num_seqs));
-      fwd_block(a, seq, head, m_block);
+      const GridCell c = grid_cell(it, m_blocks, a.num_seqs);
+      fwd_block(a, c.seq, c.head, c.block);
     }
   });
 }
@@ -271,23 +279,19 @@ void attention_bwd_cpu(const CpuAttentionArgs<Scalar>& a) {
   const int n_blocks = attn::num_blocks(max_len, attn::kBwdBlockN);
   const long long q_elems = static_cast<long long>(a.total_tokens) * a.num_heads * a.head_dim;
   if (a.deterministic) {
-    const int64_t items = static_cast<int64_t>(n_blocks) * a.num_seqs * a.num_kv_heads;
+    const int64_t items = attn::folded_grid_x(n_blocks, a.num_seqs) * a.num_kv_heads;
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
       for (int64_t it = begin; it < end; ++it) {
-        const int n_block = static_cast<int>(it % n_blocks);
-        const int seq = static_cast<int>((it / n_blocks) % a.num_seqs);
-        const int kv_head = static_cast<int>(it / (static_cast<int64_t>(n_blocks) * a.num_seqs));
-        bwd_dkdv_block<Scalar>(a, dsum.data(), nullptr, seq, kv_head, n_block);
+        const GridCell c = grid_cell(it, n_blocks, a.num_seqs);  // head = kv head
+        bwd_dkdv_block<Scalar>(a, dsum.data(), nullptr, c.seq, c.head, c.block);
       }
     });
     const int m_blocks = attn::num_blocks(max_len, attn::kFwdBlockM);
-    const int64_t q_items = static_cast<int64_t>(m_blocks) * a.num_seqs * a.num_heads;
+    const int64_t q_items = attn::folded_grid_x(m_blocks, a.num_seqs) * a.num_heads;
     at::parallel_for(0, q_items, 1, [&](int64_t begin, int64_t end) {
       for (int64_t it = begin; it < end; ++it) {
-        const int m_block = static_cast<int>(it % m_blocks);
-        const int seq = static_cast<int>((it / m_blocks) % a.num_seqs);
-        const int head = static_cast<int>(it / (static_cast<int64_t>(m_blocks) * a.num_seqs));
-        bwd_dq_block(a, dsum.data(), seq, head, m_block);
+        const GridCell c = grid_cell(it, m_blocks, a.num_seqs);
+        bwd_dq_block(a, dsum.data(), c.seq, c.head, c.block);
       }
     });
     return;
