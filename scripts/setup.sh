@@ -8,7 +8,8 @@ cd "$ROOT"
 
 APT_PACKAGES=(cmake g++ make ccache pkg-config python3-venv
               libsentencepiece-dev sentencepiece nlohmann-json3-dev libyaml-cpp-dev libgtest-dev
-              bsdgames clang libclang-rt-14-dev)
+              bsdgames clang libclang-rt-14-dev
+              libgloo-dev)  # libgloo-dev: the gloo headers of ProcessGroupGloo.hpp (torch ships none)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

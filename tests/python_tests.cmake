@@ -6,6 +6,7 @@ set(SFT_PYTHON_TESTS
   tests/python/test_generate_reference.py
   tests/python/test_export_reference.py
   tests/python/test_repo_paths.py
+  tests/python/test_dist_torchrun.py
 )
 foreach(py_test ${SFT_PYTHON_TESTS})
   get_filename_component(py_name ${py_test} NAME_WE)
