@@ -429,3 +429,45 @@ def test_sharded_evaluation_equals_single_process(tmp_path, golden_dir, sft_bina
         assert a["examples"] == b["examples"] == 16 and a["target_tokens"] == b["target_tokens"]
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-9), (a, b)
         assert math.isclose(a["token_accuracy"], b["token_accuracy"], abs_tol=1e-12), (a, b)
+
+
+def test_sharded_evaluation_with_generation_equals_single_process(tmp_path, smollm2_dir, sft_binary, procs):
+    """Exact match from greedy decoding, sharded over 2 ranks (SmolLM2 and its tokenizer; 6 quiz questions).
+    The references of examples 0, 2 and 4 are set to what the base model answers (from `sft eval`), so
+    exact match is at least 0.5 and a lost or doubled shard would change it."""
+    quiz = ROOT / ".cache" / "data" / "quiz"
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join((quiz / "train.jsonl").read_text().splitlines(keepends=True)[:8]))
+    questions = [json.loads(l) for l in (quiz / "eval.jsonl").read_text().splitlines()[:6]]
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps(q) + "\n" for q in questions))
+
+    def config(name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"model: {{path: {smollm2_dir}, attention: sdpa}}\n"
+                        f"data: {{train: {train}, eval: {eval_file}, max_seq_len: 128}}\n"
+                        "finetune: {method: lora, lora: {r: 2, dropout: 0.0}}\n"
+                        "train: {max_steps: 1, micro_batch_size: 2, grad_accum: 2, lr: 0.0, threads: 1}\n"
+                        "eval: {batch_size: 2, generate: true, max_new_tokens: 6}\n"
+                        f"log: {{progress: false}}\ndist: {{timeout_s: 120}}\noutput_dir: {tmp_path / name}\n")
+        return path
+
+    base = config("base")
+    p = Proc([sft_binary, "eval", base, "--out", tmp_path / "base-eval"], tmp_path / "eval.log")
+    procs.append(p)
+    assert p.wait(300) == 0, p.output()
+    outputs = [json.loads(l)["output"] for l in (tmp_path / "base-eval" / "examples.jsonl").read_text().splitlines()]
+    assert len(outputs) == 6
+    for i in (0, 2, 4):
+        questions[i]["response"] = outputs[i]
+    eval_file.write_text("".join(json.dumps(q) + "\n" for q in questions))
+
+    run_single(procs, sft_binary, config("ref"), timeout=300)
+    run_torchrun(procs, sft_binary, config("run"), "train.grad_accum=1", timeout=300)
+    ref = json.loads((tmp_path / "ref" / "eval.jsonl").read_text().splitlines()[-1])
+    ours = json.loads((tmp_path / "run" / "eval.jsonl").read_text().splitlines()[-1])
+    assert ours["examples"] == ref["examples"] == 6
+    assert ref["exact_match"] >= 0.5, ref
+    for key in ("exact_match", "exact_match_normalized", "token_accuracy", "target_tokens"):
+        assert ours[key] == ref[key], (key, ours, ref)
+    assert math.isclose(ours["loss"], ref["loss"], rel_tol=1e-9), (ours, ref)
