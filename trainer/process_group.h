@@ -47,8 +47,9 @@ DistEnv read_dist_env(const std::function<const char*(const char*)>& getenv);
 // on a CPU device or in a build without CUDA.
 std::string resolve_backend(const DistOptions& options, const at::Device& device);
 
-// The ranks of this job and the collectives the trainer uses. Thread-compatible: call from the training
-// thread (autograd hooks run on it during backward on CPU).
+// The ranks of this job and the collectives the trainer uses. Thread-compatible, never concurrent: the
+// training thread calls it, and during backward the gradient hooks do (on the training thread for CPU,
+// on autograd's device thread for CUDA, while the training thread is blocked in backward()).
 class Collectives {
  public:
   // A world of one: every operation is a no-op (single-process runs).
