@@ -14,3 +14,4 @@ set(SFT_TEST_SOURCES
 list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_checkpoint.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_dist.cpp)  # multi-process pieces (the rest: tests/python/test_dist_torchrun.py)
+list(APPEND SFT_TEST_SOURCES tests/launch_test_util.cpp tests/test_launch.cpp tests/test_launch_signals.cpp)  # sft launch

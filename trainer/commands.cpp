@@ -15,6 +15,7 @@
 #include "trainer/generate_command.h"
 #include "trainer/merge_command.h"
 #include "trainer/eval_command.h"
+#include "trainer/launch.h"
 #include "trainer/train.h"
 
 namespace sft {
@@ -48,6 +49,7 @@ const std::vector<CommandInfo>& command_table() {
        "sft generate --model DIR [--adapter DIR] [--template NAME] (--prompt TEXT | --input FILE.jsonl | --prompt-ids 1,2,3) [--temperature T] [--top-p P] [--top-k K] [--max-new-tokens N] [--seed S] [--system TEXT] [--out FILE] [--threads N] [--no-cache] [--ignore-eos]",
        "decode with a KV cache (greedy by default): stream text, print ids or write JSONL"},
       {"merge", command_merge, "sft merge --model DIR --adapter DIR --out DIR [--dtype bfloat16] [--shard-size BYTES] [--force]", "fold a LoRA adapter into its base model and write an HF model directory"},
+      {"launch", command_launch, launch_usage(), launch_summary()},
       {"help", command_help, "sft help [command|config]", "this help; `sft help config` lists every config key"},
   };
   return table;

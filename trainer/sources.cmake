@@ -20,3 +20,4 @@ list(APPEND SFT_TRAINER_SOURCES trainer/process_group.cpp trainer/grad_sync.cpp 
 # come from Debian's libgloo-dev. ProcessGroupNCCL.hpp needs USE_C10D_NCCL and nccl.h from the
 # nvidia-nccl wheel that torch installs beside itself (set in CMakeLists.txt when CUDA is on).
 set(SFT_PROCESS_GROUP_SOURCE trainer/process_group.cpp)
+list(APPEND SFT_TRAINER_SOURCES trainer/launch.cpp trainer/launch_process.cpp)  # sft launch
