@@ -15,7 +15,8 @@ failure or at the end, so no test leaves processes behind.
   rank with exit 2 naming the rank; bad RANK/WORLD_SIZE and nccl on CPU exit 2.
 - Elastic: torchrun --max-restarts 1, SIGKILL rank 1 mid-run; the restarted group resumes and finishes
   with the uninterrupted run's losses.
-- Held-out evaluation sharded over 2 ranks equals the single-process one.
+- Held-out evaluation sharded over 2 ranks equals the single-process one (also with generation).
+- `sft launch` gives the same metrics and tensors as torchrun, bit for bit.
 """
 import json
 import math
@@ -471,3 +472,21 @@ def test_sharded_evaluation_with_generation_equals_single_process(tmp_path, smol
     for key in ("exact_match", "exact_match_normalized", "token_accuracy", "target_tokens"):
         assert ours[key] == ref[key], (key, ours, ref)
     assert math.isclose(ours["loss"], ref["loss"], rel_tol=1e-9), (ours, ref)
+
+
+# ---- sft launch ------------------------------------------------------------------------------------------
+
+def test_torchrun_and_sft_launch_give_identical_metrics(tmp_path, golden_dir, sft_binary, procs):
+    a = write_config(tmp_path, golden_dir, "torchrun", LORA)
+    b = write_config(tmp_path, golden_dir, "launch", LORA)
+    run_torchrun(procs, sft_binary, a, "train.grad_accum=1")
+    p = Proc([sft_binary, "launch", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+              free_port(), "--", "train", b, "train.grad_accum=1"], tmp_path / "launch.log")
+    procs.append(p)
+    assert p.wait(180) == 0, p.output()
+    timing = ("tokens_per_s", "elapsed_s", "comm_wait_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    ours, ref = metrics(tmp_path / "launch"), metrics(tmp_path / "torchrun")
+    assert len(ref) == 8
+    assert strip(ours) == strip(ref)
+    expect_same_tensors(tmp_path / "launch", tmp_path / "torchrun")
