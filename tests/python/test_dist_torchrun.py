@@ -490,3 +490,32 @@ def test_torchrun_and_sft_launch_give_identical_metrics(tmp_path, golden_dir, sf
     assert len(ref) == 8
     assert strip(ours) == strip(ref)
     expect_same_tensors(tmp_path / "launch", tmp_path / "torchrun")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_current(tmp_path, golden_dir, sft_binary, procs):
+    """Rank 0's save of step 4 fails mid-write (the documented SFT_TEST_FAIL_WRITE_AFTER_BYTES hook of
+    trainer/checkpoint.h, as a full disk): both ranks exit non-zero, step 2 stays the newest complete
+    checkpoint, no temp dir is left, and resuming from it finishes like the uninterrupted run."""
+    extra = LORA + "checkpoint: {every_steps: 2}\n"
+    ref_cfg = write_config(tmp_path, golden_dir, "ref", extra)
+    run_single(procs, sft_binary, ref_cfg)
+    cfg = write_config(tmp_path, golden_dir, "run", extra)
+    run_torchrun(procs, sft_binary, cfg, "train.grad_accum=1", "--stop-after-steps", "2")
+    port = free_port()
+    ranks = []
+    for rank in range(2):
+        env = base_env()
+        env.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        if rank == 0:
+            env["SFT_TEST_FAIL_WRITE_AFTER_BYTES"] = "1000"
+        p = Proc([sft_binary, "train", cfg, "train.grad_accum=1"], tmp_path / f"fail{rank}.log", env=env)
+        procs.append(p)
+        ranks.append(p)
+    assert ranks[0].wait(60) == 1, ranks[0].output()
+    assert "was not saved" in ranks[0].output() and "earlier checkpoints are intact" in ranks[0].output()
+    assert ranks[1].wait(TIMEOUT_S + 10 + 10) != 0, ranks[1].output()
+    assert [c.name for c in complete_checkpoints(tmp_path / "run")] == ["step-00000002"]
+    assert [d.name for d in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000002"]
+    run_torchrun(procs, sft_binary, cfg, "train.grad_accum=1")
+    expect_same_losses(metrics(tmp_path / "run"), metrics(tmp_path / "ref"))
+    expect_same_tensors(tmp_path / "run", tmp_path / "ref")
