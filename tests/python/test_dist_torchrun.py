@@ -394,7 +394,7 @@ def worker_pids(torchrun_pid):
 
 
 def test_elastic_restart_resumes_from_the_newest_checkpoint(tmp_path, golden_dir, sft_binary, procs):
-    long = "train.epochs=25"  # 100 steps
+    long = "train.epochs=50"  # 200 steps: the kill lands mid-run even on a fast machine
     extra = LORA + "checkpoint: {every_steps: 5, keep_last: 2}\n"
     ref_cfg = write_config(tmp_path, golden_dir, "ref", extra)
     run_single(procs, sft_binary, ref_cfg, long)
