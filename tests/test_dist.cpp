@@ -144,6 +144,31 @@ TEST(DistTrainerState, LayoutAndParserRoundTrip) {
   }
 }
 
+TEST(DistTrainerState, GlobalBatchChangeIsRefusedSayingHowToKeepIt) {
+  TrainerState saved;
+  saved.world_size = 2;
+  saved.micro_batch_size = 2;
+  saved.grad_accum = 1;  // 4 rows
+  EXPECT_NO_THROW(check_global_batch(saved, 2, 2, 1, "s.json", false));  // 2 x 2 x 1: kept
+  EXPECT_NO_THROW(check_global_batch(saved, 2, 1, 1, "s.json", true));   // changed, but allowed
+  auto message = [&](int64_t mbs, int64_t accum, int64_t world) {
+    try {
+      check_global_batch(saved, mbs, accum, world, "s.json", false);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string halved = message(2, 1, 1);
+  EXPECT_NE(halved.find("the global batch would change from 4 rows"), std::string::npos) << halved;
+  EXPECT_NE(halved.find("keep it with train.grad_accum=2 on 1 process"), std::string::npos) << halved;
+  EXPECT_NE(halved.find("--allow-batch-change"), std::string::npos) << halved;
+  EXPECT_NE(message(2, 1, 3).find("with 3 processes it cannot be kept"), std::string::npos);
+  EXPECT_NE(message(4, 1, 1).find("keep train.micro_batch_size=2"), std::string::npos);
+  TrainerState old;  // no micro_batch_size / grad_accum recorded: nothing to compare
+  EXPECT_NO_THROW(check_global_batch(old, 8, 3, 5, "s.json", false));
+}
+
 TEST(DistLoader, SkipCountsEqualTheBatchesNextBuilds) {
   std::vector<data::TokenizedExample> examples;
   for (int i = 0; i < 11; ++i) {

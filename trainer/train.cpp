@@ -300,38 +300,6 @@ void save_checkpoint(TrainContext& ctx, const fs::path& out_dir, double elapsed)
   }
 }
 
-// A checkpoint resumes on any world size: positions are global. The global batch (micro_batch_size x
-// grad_accum x world_size rows) must stay the same unless --allow-batch-change; micro_batch_size must
-// stay the same (the sample plan is made of micro-batches of that many rows).
-void check_batch_compatible(const TrainContext& ctx, const TrainerState& state, const std::string& label,
-                            bool allow_batch_change) {
-  const TrainOptions& t = ctx.config.train;
-  const int64_t world = ctx.group->world_size();
-  if (state.micro_batch_size && *state.micro_batch_size != t.micro_batch_size) {
-    throw InputError(label + ": saved with train.micro_batch_size " + std::to_string(*state.micro_batch_size) +
-                     ", but it is now " + std::to_string(t.micro_batch_size) +
-                     ": the sample order is made of micro-batches of that many rows; keep train.micro_batch_size=" +
-                     std::to_string(*state.micro_batch_size));
-  }
-  const auto saved_rows = state.global_batch_rows();
-  const int64_t rows = t.micro_batch_size * t.grad_accum * world;
-  if (!saved_rows || *saved_rows == rows || allow_batch_change) return;
-  const int64_t saved_micro = *saved_rows / t.micro_batch_size;  // global micro-batches per step
-  std::string how;
-  if (saved_micro % world == 0) {
-    how = "keep it with train.grad_accum=" + std::to_string(saved_micro / world) + " on " + std::to_string(world) +
-          " process" + (world == 1 ? "" : "es");
-  } else {
-    how = "with " + std::to_string(world) + " processes it cannot be kept (" + std::to_string(saved_micro) +
-          " micro-batches per step do not split evenly); use a world size that divides " + std::to_string(saved_micro);
-  }
-  throw InputError(label + ": the global batch would change from " + std::to_string(*saved_rows) + " rows (micro_batch_size " +
-                   std::to_string(t.micro_batch_size) + " x grad_accum " + std::to_string(state.grad_accum.value_or(0)) +
-                   " x world_size " + std::to_string(state.world_size) + ") to " + std::to_string(rows) + " (x grad_accum " +
-                   std::to_string(t.grad_accum) + " x world_size " + std::to_string(world) + "); " + how +
-                   ", or pass --allow-batch-change to continue with the new batch");
-}
-
 // Loads a checkpoint into the fully set-up context. Order matters for bit-exact resume: setup has already
 // drawn LoRA's initial A from the seeded generator exactly as a fresh run does; the saved tensors then
 // replace the trainable weights, and the generator state is restored last (this rank's own, when the
@@ -359,7 +327,8 @@ void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_
     throw InputError(state_label + ": saved by a finetune.method " + state.finetune_method +
                      " run, but finetune.method is now " + ctx.config.finetune.method);
   }
-  check_batch_compatible(ctx, state, state_label, allow_batch_change);
+  check_global_batch(state, ctx.config.train.micro_batch_size, ctx.config.train.grad_accum, ctx.group->world_size(),
+                     state_label, allow_batch_change);
 
   // Trainable weights: exactly our trainable parameters, by name and shape.
   const std::string weights_label = (dir / kCheckpointWeights).string();
@@ -426,28 +395,13 @@ std::pair<int64_t, int64_t> parse_fail_at(const std::optional<std::string>& text
   throw InputError("--fail-at-step: expected RANK:STEP, got '" + *text + "'");
 }
 
-}  // namespace
-
-int command_train(const std::vector<std::string>& args) {
-  // --ignore-fingerprint: resume even though the model config, tokenizer, template or data changed.
-  // --allow-batch-change: resume although the global batch (micro_batch_size x grad_accum x world_size)
-  //   differs from the checkpoint's.
-  // Test hooks (hidden, documented in README "Multi-process training"):
-  //   --stop-after-steps K: behaves exactly as a SIGTERM arriving during step K (on every rank; save, exit 0).
-  //   --fail-at-step R:S: rank R throws just before optimizer step S (a rank failure mid-run).
-  //   --grad-sync-after-backward: start every gradient bucket after the backward instead of from the
-  //     hooks (the no-overlap baseline of scripts/bench_dist.sh).
-  CommandLine cli("train", args, {"--stop-after-steps", "--fail-at-step"},
-                  {"--force", "--ignore-fingerprint", "--allow-batch-change", "--grad-sync-after-backward"});
-  if (cli.positional().size() != 1) {
-    throw InputError(
-        "usage: sft train CONFIG.yaml [key.sub=value ...] [--force] [--ignore-fingerprint] [--allow-batch-change]");
-  }
+// The run itself, on this rank (a world of one when single-process).
+int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
+  StopSignals stop_signals;  // first: a SIGTERM during start-up stops after step 1 instead of killing
   const int64_t stop_after = cli.integer("--stop-after-steps", -1);
   const auto [fail_rank, fail_step] = parse_fail_at(cli.value("--fail-at-step"));
   TrainContext ctx;
   ctx.config = load_config(cli.positional()[0], cli.overrides());
-  const DistEnv env = read_dist_env([](const char* name) { return std::getenv(name); });
   ctx.runtime = resolve_runtime(ctx.config, env.distributed() ? env.local_rank : 0);
   const std::string backend = env.distributed() ? resolve_backend(ctx.config.dist, ctx.runtime.device) : "none";
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(ctx.config.dist.timeout_s * 1000));
@@ -467,7 +421,6 @@ int command_train(const std::vector<std::string>& args) {
   if (resume_dir && !fs::exists(*resume_dir / kCheckpointManifest)) {  // fail fast; hashes are checked on load
     throw InputError((*resume_dir / kCheckpointManifest).string() + ": missing: not a complete checkpoint");
   }
-  StopSignals stop_signals;
   if (main) write_text_file(out_dir / "config.yaml", config_to_yaml(ctx.config));
   torch::manual_seed(static_cast<uint64_t>(ctx.config.train.seed));
 
@@ -596,6 +549,37 @@ int command_train(const std::vector<std::string>& args) {
   }
   group.barrier();  // nobody exits (and tears the group down) while rank 0 still exports
   return 0;
+}
+
+}  // namespace
+
+int command_train(const std::vector<std::string>& args) {
+  // --ignore-fingerprint: resume even though the model config, tokenizer, template or data changed.
+  // --allow-batch-change: resume although the global batch (micro_batch_size x grad_accum x world_size)
+  //   differs from the checkpoint's.
+  // Test hooks (hidden, documented in README "Multi-process training"):
+  //   --stop-after-steps K: behaves exactly as a SIGTERM arriving during step K (on every rank; save, exit 0).
+  //   --fail-at-step R:S: rank R throws just before optimizer step S (a rank failure mid-run).
+  //   --grad-sync-after-backward: start every gradient bucket after the backward instead of from the
+  //     hooks (the no-overlap baseline of scripts/bench_dist.sh).
+  CommandLine cli("train", args, {"--stop-after-steps", "--fail-at-step"},
+                  {"--force", "--ignore-fingerprint", "--allow-batch-change", "--grad-sync-after-backward"});
+  if (cli.positional().size() != 1) {
+    throw InputError(
+        "usage: sft train CONFIG.yaml [key.sub=value ...] [--force] [--ignore-fingerprint] [--allow-batch-change]");
+  }
+  const DistEnv env = read_dist_env([](const char* name) { return std::getenv(name); });
+  if (!env.distributed()) return train_on_this_rank(cli, env);
+  // Multi-process: every error names its rank (torchrun interleaves the ranks' output); the kind, and so
+  // the exit code, stays.
+  const std::string rank = "rank " + std::to_string(env.rank) + ": ";
+  try {
+    return train_on_this_rank(cli, env);
+  } catch (const InputError& e) {
+    throw InputError(rank + e.what());
+  } catch (const std::exception& e) {
+    throw std::runtime_error(rank + e.what());
+  }
 }
 
 }  // namespace sft

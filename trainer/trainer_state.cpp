@@ -73,4 +73,31 @@ TrainerState TrainerState::from_json(const json& j, const std::string& label) {
   return s;
 }
 
+void check_global_batch(const TrainerState& state, int64_t micro_batch_size, int64_t grad_accum, int64_t world,
+                        const std::string& label, bool allow_batch_change) {
+  if (state.micro_batch_size && *state.micro_batch_size != micro_batch_size) {
+    throw InputError(label + ": saved with train.micro_batch_size " + std::to_string(*state.micro_batch_size) +
+                     ", but it is now " + std::to_string(micro_batch_size) +
+                     ": the sample order is made of micro-batches of that many rows; keep train.micro_batch_size=" +
+                     std::to_string(*state.micro_batch_size));
+  }
+  const auto saved_rows = state.global_batch_rows();
+  const int64_t rows = micro_batch_size * grad_accum * world;
+  if (!saved_rows || *saved_rows == rows || allow_batch_change) return;
+  const int64_t saved_micro = *saved_rows / micro_batch_size;  // global micro-batches per step
+  std::string how;
+  if (saved_micro % world == 0) {
+    how = "keep it with train.grad_accum=" + std::to_string(saved_micro / world) + " on " + std::to_string(world) +
+          " process" + (world == 1 ? "" : "es");
+  } else {
+    how = "with " + std::to_string(world) + " processes it cannot be kept (" + std::to_string(saved_micro) +
+          " micro-batches per step do not split evenly); use a world size that divides " + std::to_string(saved_micro);
+  }
+  throw InputError(label + ": the global batch would change from " + std::to_string(*saved_rows) + " rows (micro_batch_size " +
+                   std::to_string(micro_batch_size) + " x grad_accum " + std::to_string(state.grad_accum.value_or(0)) +
+                   " x world_size " + std::to_string(state.world_size) + ") to " + std::to_string(rows) + " (x grad_accum " +
+                   std::to_string(grad_accum) + " x world_size " + std::to_string(world) + "); " + how +
+                   ", or pass --allow-batch-change to continue with the new batch");
+}
+
 }  // namespace sft

@@ -44,4 +44,12 @@ struct TrainerState {
   static TrainerState from_json(const nlohmann::json& j, const std::string& label);
 };
 
+// A checkpoint resumes on any world size (positions are global), but the global batch
+// (micro_batch_size x grad_accum x world_size rows) must stay unless allow_batch_change, and
+// micro_batch_size must stay (the sample plan is made of micro-batches of that many rows). Throws
+// sft::InputError naming `label`, saying which train.grad_accum keeps the batch (or why none can), and
+// --allow-batch-change.
+void check_global_batch(const TrainerState& saved, int64_t micro_batch_size, int64_t grad_accum, int64_t world_size,
+                        const std::string& label, bool allow_batch_change);
+
 }  // namespace sft
