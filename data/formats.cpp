@@ -1,18 +1,20 @@
-// data/formats.cpp: JSONL readers for prompt_response, alpaca, messages and sharegpt, format
-// detection, UTF-8 validation and conversation-shape checks.
+// data/formats.cpp: data-file readers (JSON Lines and JSON arrays, plain or gzip) for prompt_response,
+// alpaca, messages and sharegpt; per-file format detection, UTF-8 validation, conversation-shape checks.
 #include "data/formats.h"
 
-#include <fstream>
+#include <algorithm>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
+#include "data/text_source.h"
 
 namespace sft::data {
 namespace {
 
 using nlohmann::json;
 
-// A rejected line; caught by read_jsonl, which either rethrows it as InputError or counts it.
+// A rejected example; caught by ExampleReader::add, which either rethrows it as InputError or counts it.
 struct LineError {
   std::string reason;
   std::string message;  // without the "file:line: " prefix
@@ -127,6 +129,167 @@ std::string key_list(const json& object) {
   return keys.empty() ? "none" : keys;
 }
 
+// Turns parsed JSON objects into conversations, detecting the file's format from its first object.
+// The source is "file:line" (JSON Lines) or "file[index]" (a JSON array, 0-based).
+class ExampleReader {
+ public:
+  ExampleReader(FileReadResult& result, Format format, bool skip_invalid)
+      : result_(result), auto_detect_(format == Format::kAuto), skip_invalid_(skip_invalid) {}
+  const std::string& path() const { return result_.path; }
+
+  // One example at `source`: `parse` returns its JSON object (or throws LineError).
+  template <class Parse>
+  void add(const std::string& source, Parse&& parse) {
+    ++result_.lines;
+    try {
+      const json object = parse();
+      check_format(object, source);
+      Conversation conversation;
+      conversation.source = source;
+      switch (result_.format) {
+        case Format::kPromptResponse: conversation.messages = read_prompt_response(object); break;
+        case Format::kAlpaca: conversation.messages = read_alpaca(object); break;
+        case Format::kMessages: conversation.messages = read_turns(object, false); break;
+        case Format::kShareGpt: conversation.messages = read_turns(object, true); break;
+        case Format::kAuto: break;
+      }
+      std::string reason;
+      std::string problem = check_conversation(conversation.messages, &reason);
+      if (!problem.empty()) throw LineError{reason, problem};
+      result_.conversations.push_back(std::move(conversation));
+    } catch (const LineError& e) {
+      std::string message = source + ": " + e.message + " (format " + format_name(result_.format) + ")";
+      if (!skip_invalid_) throw InputError(message);
+      result_.invalid.push_back({source, e.reason, message});
+    }
+  }
+
+ private:
+  // Per-file detection from the first example that is a JSON object; a file we cannot classify is a
+  // configuration problem, not a bad example, so it is never skipped. Once detected, an example whose
+  // keys name another format is a mixed file.
+  void check_format(const json& object, const std::string& source) {
+    const Format own = detect_format(object);
+    if (result_.format == Format::kAuto) {
+      if (own == Format::kAuto) {
+        throw InputError(source + ": cannot detect the data format from keys {" + key_list(object) +
+                         "}: expected \"messages\", \"conversations\", \"instruction\" or \"prompt\"; " +
+                         "or set data.format");
+      }
+      result_.format = own;
+      detected_at_ = source;
+    } else if (auto_detect_ && own != Format::kAuto && own != result_.format) {
+      throw LineError{invalid_reason::kMixedFormat,
+                      std::string("keys {") + key_list(object) + "} are the " + format_name(own) +
+                          " format, but this file is " + format_name(result_.format) + " (detected at " +
+                          detected_at_ + "): one file holds one format"};
+    }
+  }
+
+  FileReadResult& result_;
+  const bool auto_detect_;
+  const bool skip_invalid_;
+  std::string detected_at_;
+};
+
+// "file:LINE:COLUMN" of byte offset `at` (0-based) in `text`.
+std::string text_position(const std::string& path, const std::string& text, size_t at) {
+  at = std::min(at, text.size());
+  size_t line = 1, column = 1;
+  for (size_t i = 0; i < at; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return path + ":" + std::to_string(line) + ":" + std::to_string(column);
+}
+
+std::string first_nonblank_line(const std::string& text) {
+  size_t begin = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(begin, end - begin);
+    if (line.find_first_not_of(" \t\r") != std::string::npos) return line;
+    begin = end + 1;
+  }
+  return "";
+}
+
+// A .json file: one JSON document that must be an array of examples. Returns nullopt when the file is
+// JSON Lines instead (it does not parse as one document, but its first line is an object: HF datasets
+// reads such .json files as JSON Lines too). Whole-file problems are never skippable.
+std::optional<json> parse_json_document(const std::string& text, const std::string& path) {
+  const size_t bom = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
+  json document;
+  try {
+    document = json::parse(text.begin() + static_cast<std::ptrdiff_t>(bom), text.end());
+  } catch (const json::parse_error& e) {
+    std::string first = first_nonblank_line(text.substr(bom));
+    if (!first.empty() && first.back() == '\r') first.pop_back();
+    const json head = json::parse(first, nullptr, /*allow_exceptions=*/false);
+    if (head.is_object()) return std::nullopt;
+    const size_t bad = find_invalid_utf8(text);
+    if (bad != std::string::npos) throw InputError(text_position(path, text, bad) + ": not valid UTF-8");
+    throw InputError(text_position(path, text, bom + (e.byte > 0 ? e.byte - 1 : 0)) + ": malformed JSON: " +
+                     e.what() + " (a .json data file holds one JSON array of examples; JSON Lines go in .jsonl)");
+  }
+  if (!document.is_array()) {
+    throw InputError(path + ": the top-level JSON value is " + (document.is_object() ? "an object" : document.type_name()) +
+                     ", not an array of examples (a .json data file holds one JSON array; one example per line is .jsonl)");
+  }
+  return document;
+}
+
+void read_json_array(const json& array, ExampleReader& reader) {
+  const std::string& path = reader.path();
+  for (size_t i = 0; i < array.size(); ++i) {
+    reader.add(path + "[" + std::to_string(i) + "]", [&] {
+      if (!array[i].is_object()) {
+        throw LineError{invalid_reason::kWrongType,
+                        std::string("an array element must be an example object (got ") + json_type(array[i]) + ")"};
+      }
+      return array[i];
+    });
+  }
+}
+
+void read_json_lines(const std::string& text, ExampleReader& reader) {
+  const std::string& path = reader.path();
+  size_t begin = 0;
+  int64_t line_no = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(begin, end - begin);
+    begin = end + 1;
+    ++line_no;
+    if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+    reader.add(path + ":" + std::to_string(line_no), [&] {
+      size_t bad = find_invalid_utf8(line);
+      if (bad != std::string::npos) {
+        throw LineError{invalid_reason::kNotUtf8, "not valid UTF-8 (byte " + std::to_string(bad + 1) + " of the line)"};
+      }
+      json object;
+      try {
+        object = json::parse(line);
+      } catch (const json::parse_error& e) {
+        throw LineError{invalid_reason::kMalformedJson, std::string("malformed JSON: ") + e.what()};
+      }
+      if (!object.is_object()) {
+        throw LineError{invalid_reason::kMalformedJson,
+                        std::string("a line must be a JSON object (got ") + json_type(object) + ")"};
+      }
+      return object;
+    });
+  }
+}
+
 }  // namespace
 
 const char* role_name(Role role) {
@@ -208,67 +371,20 @@ std::string check_conversation(const std::vector<Message>& messages, std::string
   return "";
 }
 
-FileReadResult read_jsonl(const std::filesystem::path& path, Format format, bool skip_invalid) {
+FileReadResult read_data_file(const std::filesystem::path& path, Format format, bool skip_invalid) {
   FileReadResult result;
   result.path = path.string();
   result.format = format;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(result.path + ": cannot open data file");
-
-  std::string line;
-  int64_t line_no = 0;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    ++result.lines;
-    const std::string source = result.path + ":" + std::to_string(line_no);
-    try {
-      size_t bad = find_invalid_utf8(line);
-      if (bad != std::string::npos) {
-        throw LineError{invalid_reason::kNotUtf8, "not valid UTF-8 (byte " + std::to_string(bad + 1) + " of the line)"};
-      }
-      json object;
-      try {
-        object = json::parse(line);
-      } catch (const json::parse_error& e) {
-        throw LineError{invalid_reason::kMalformedJson, std::string("malformed JSON: ") + e.what()};
-      }
-      if (!object.is_object()) {
-        throw LineError{invalid_reason::kMalformedJson,
-                        std::string("a line must be a JSON object (got ") + json_type(object) + ")"};
-      }
-      if (result.format == Format::kAuto) {
-        // Per-file detection from the first line that is a JSON object; a file we cannot classify is a
-        // configuration problem, not a bad line, so it is never skipped.
-        result.format = detect_format(object);
-        if (result.format == Format::kAuto) {
-          throw InputError(source + ": cannot detect the data format from keys {" + key_list(object) +
-                           "}: expected \"messages\", \"conversations\", \"instruction\" or \"prompt\"; " +
-                           "or set data.format");
-        }
-      }
-      Conversation conversation;
-      conversation.source = source;
-      switch (result.format) {
-        case Format::kPromptResponse: conversation.messages = read_prompt_response(object); break;
-        case Format::kAlpaca: conversation.messages = read_alpaca(object); break;
-        case Format::kMessages: conversation.messages = read_turns(object, false); break;
-        case Format::kShareGpt: conversation.messages = read_turns(object, true); break;
-        case Format::kAuto: break;
-      }
-      std::string reason;
-      std::string problem = check_conversation(conversation.messages, &reason);
-      if (!problem.empty()) throw LineError{reason, problem};
-      result.conversations.push_back(std::move(conversation));
-    } catch (const LineError& e) {
-      std::string message = source + ": " + e.message + " (format " + format_name(result.format) + ")";
-      if (!skip_invalid) throw InputError(message);
-      result.invalid.push_back({source, e.reason, message});
+  const std::string text = read_text_source(path);
+  ExampleReader reader(result, format, skip_invalid);
+  if (uncompressed_name(path).extension() == ".json") {
+    if (auto array = parse_json_document(text, result.path)) {
+      read_json_array(*array, reader);
+      if (result.lines == 0) throw InputError(result.path + ": the JSON array holds no examples");
+      return result;
     }
   }
-  if (in.bad()) throw InputError(result.path + ": read error");
+  read_json_lines(text, reader);
   if (result.lines == 0) throw InputError(result.path + ": data file is empty");
   return result;
 }

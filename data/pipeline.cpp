@@ -32,7 +32,7 @@ void read_files(const std::vector<std::string>& paths, const char* split, const 
                 std::vector<Conversation>& out, std::string& first_invalid) {
   const Format format = parse_format(o.format);
   for (const std::string& path : paths) {
-    FileReadResult r = read_jsonl(path, format, o.skip_invalid);
+    FileReadResult r = read_data_file(path, format, o.skip_invalid);
     FileStats stats;
     stats.path = path;
     stats.split = split;

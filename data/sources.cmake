@@ -3,6 +3,7 @@ include(data/tokenizer_sources.cmake)  # SFT_TOKENIZER_SOURCES
 set(SFT_DATA_SOURCES
   ${SFT_TOKENIZER_SOURCES}
   data/formats.cpp
+  data/text_source.cpp
   data/template.cpp
   data/dataset.cpp
   data/report.cpp

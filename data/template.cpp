@@ -179,20 +179,27 @@ void render_llama3(const ChatTemplate& t, const std::vector<Message>& messages, 
   }
 }
 
+// A leading system message, which Llama-2 and Mistral fold into the first user turn instead of
+// rendering as a turn of its own. `first_turn` is the index of the first message after it.
+struct LeadingSystem {
+  std::optional<std::string> system;
+  size_t first_turn = 0;
+};
+
+LeadingSystem split_leading_system(const std::vector<Message>& messages) {
+  if (messages.empty() || messages[0].role != Role::kSystem) return {};
+  return {messages[0].content, 1};
+}
+
 // Llama-2-chat: every user turn starts with BOS; the system block is folded into the first user turn.
 void render_llama2(const ChatTemplate& t, const std::vector<Message>& messages, const SpecialTokens& sp, Builder& b) {
   const std::string& eos = require_special(sp.eos_text, "EOS", t);
-  size_t start = 0;
-  std::string system;
-  bool has_system = !messages.empty() && messages[0].role == Role::kSystem;
-  if (has_system) {
-    system = messages[0].content;
-    start = 1;
-  }
+  const LeadingSystem lead = split_leading_system(messages);
+  const size_t start = lead.first_turn;
   int turn = 0;
   for (size_t i = start; i < messages.size(); ++i) {
     std::string content = messages[i].content;
-    if (i == start && has_system) content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
+    if (i == start && lead.system) content = "<<SYS>>\n" + *lead.system + "\n<</SYS>>\n\n" + content;
     if (messages[i].role == Role::kUser) {
       if (!sp.bos_text.empty()) {
         b.add(sp.bos_text, i == start ? SegmentKind::kBos : SegmentKind::kPrompt, turn);
@@ -212,18 +219,13 @@ void render_mistral(const ChatTemplate& t, const std::vector<Message>& messages,
     b.add(sp.bos_text, SegmentKind::kBos, 0);
     b.set_renders_bos();
   }
-  size_t start = 0;
-  std::string system;
-  bool has_system = !messages.empty() && messages[0].role == Role::kSystem;
-  if (has_system) {
-    system = messages[0].content;
-    start = 1;
-  }
+  const LeadingSystem lead = split_leading_system(messages);
+  const size_t start = lead.first_turn;
   int turn = 0;
   for (size_t i = start; i < messages.size(); ++i) {
     const Message& m = messages[i];
     if (m.role == Role::kUser) {
-      std::string prefix = (i == start && has_system) ? system + "\n\n" : "";
+      std::string prefix = (i == start && lead.system) ? *lead.system + "\n\n" : "";
       b.add(" [INST] " + prefix + m.content + " [/INST]", SegmentKind::kPrompt, turn);
     } else {
       b.add(" " + m.content + eos, SegmentKind::kResponse, turn++);

@@ -1,6 +1,6 @@
 // data/tokenizer.cpp: load_tokenizer (backend choice, special tokens and chat template from
-// tokenizer_config.json / special_tokens_map.json / config.json / generation_config.json) and the
-// added-token matcher shared by both backends.
+// tokenizer_config.json / special_tokens_map.json / config.json / generation_config.json) and, for
+// tokenizer.json, the rebuild transformers' tokenizer classes make of it.
 #include "data/tokenizer.h"
 
 #include <nlohmann/json.hpp>
@@ -10,117 +10,10 @@
 
 #include "common/errors.h"
 #include "data/tokenizer_internal.h"
-#include "data/unicode.h"
 
 namespace sft::data {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-namespace detail {
-
-AddedTokenMatcher::AddedTokenMatcher(const std::vector<AddedToken>& tokens, const std::vector<std::string>& patterns)
-    : tokens_(tokens) {
-  for (size_t t = 0; t < tokens.size(); ++t) {
-    const std::string& p = patterns[t];
-    if (p.empty()) continue;
-    int32_t node = 0;
-    for (unsigned char c : p) {
-      auto& next = nodes_[node].next;
-      auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(c, int32_t{-1}),
-                                 [](const auto& a, const auto& b) { return a.first < b.first; });
-      if (it != next.end() && it->first == c) {
-        node = it->second;
-      } else {
-        int32_t fresh = static_cast<int32_t>(nodes_.size());
-        next.insert(it, {c, fresh});
-        nodes_.emplace_back();
-        node = fresh;
-      }
-    }
-    nodes_[node].token = static_cast<int32_t>(t);
-    first_byte_[static_cast<unsigned char>(p[0])] = true;
-  }
-}
-
-namespace {
-// Code point before byte `pos` / at byte `pos` (for the single_word and strip rules).
-uint32_t cp_before(std::string_view s, size_t pos) {
-  size_t b = pos;
-  do {
-    --b;
-  } while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80 && pos - b < 4);
-  size_t len;
-  return unicode::decode_utf8(s.data() + b, pos - b, &len);
-}
-size_t cp_len_before(std::string_view s, size_t pos) {
-  size_t b = pos;
-  do {
-    --b;
-  } while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80 && pos - b < 4);
-  return pos - b;
-}
-}  // namespace
-
-void AddedTokenMatcher::split(std::string_view text, std::vector<Split>& out) const {
-  out.clear();
-  if (text.empty()) return;
-  if (empty()) {
-    out.push_back({-1, 0, text.size()});
-    return;
-  }
-  size_t start_offset = 0, pos = 0;
-  while (pos < text.size()) {
-    if (!first_byte_[static_cast<unsigned char>(text[pos])]) {
-      ++pos;
-      continue;
-    }
-    // Longest pattern starting at pos.
-    int32_t node = 0, best = -1;
-    size_t best_end = 0;
-    for (size_t i = pos; i < text.size(); ++i) {
-      const auto& next = nodes_[node].next;
-      unsigned char c = static_cast<unsigned char>(text[i]);
-      auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(c, int32_t{-1}),
-                                 [](const auto& a, const auto& b) { return a.first < b.first; });
-      if (it == next.end() || it->first != c) break;
-      node = it->second;
-      if (nodes_[node].token >= 0) best = nodes_[node].token, best_end = i + 1;
-    }
-    if (best < 0) {
-      ++pos;
-      continue;
-    }
-    const AddedToken& tok = tokens_[best];
-    size_t start = pos, stop = best_end;
-    if (tok.single_word) {
-      bool start_ok = start == 0 || !unicode::is_word(cp_before(text, start));
-      size_t len;
-      bool stop_ok = stop == text.size() || !unicode::is_word(unicode::decode_utf8(text.data() + stop, text.size() - stop, &len));
-      if (!start_ok || !stop_ok) {
-        pos = stop;  // matches do not overlap: the search resumes after this one
-        continue;
-      }
-    }
-    if (tok.lstrip) {
-      size_t s = start;
-      while (s > 0 && unicode::is_white_space(cp_before(text, s))) s -= cp_len_before(text, s);
-      start = std::max(s, start_offset);
-    }
-    if (tok.rstrip) {
-      size_t len;
-      while (stop < text.size() && unicode::is_white_space(unicode::decode_utf8(text.data() + stop, text.size() - stop, &len))) {
-        stop += len;
-      }
-    }
-    if (start_offset < start) out.push_back({-1, start_offset, start});
-    out.push_back({tok.id, start, stop});
-    start_offset = stop;
-    pos = stop;
-  }
-  if (start_offset < text.size()) out.push_back({-1, start_offset, text.size()});
-}
-
-}  // namespace detail
 
 namespace {
 

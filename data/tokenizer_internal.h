@@ -1,6 +1,6 @@
-// data/tokenizer_internal.h: pieces shared by the two tokenizer backends (data/tokenizer_hf.cpp for
-// tokenizer.json, data/tokenizer_sp.cpp for tokenizer.model) and the loader in data/tokenizer.cpp:
-// the added-token matcher (HF's AddedVocabulary split rules) and the backend factory functions.
+// data/tokenizer_internal.h: what the two tokenizer backends (data/tokenizer_hf.cpp for
+// tokenizer.json, data/tokenizer_sp.cpp for tokenizer.model) share with the loader in
+// data/tokenizer.cpp: the base class with setters for the config files and the backend factories.
 // Not part of the public interface.
 #pragma once
 #include <nlohmann/json_fwd.hpp>
@@ -13,46 +13,13 @@
 #include <vector>
 
 #include "data/tokenizer.h"
+#include "data/tokenizer/added_tokens.h"
 
 namespace sft::data::detail {
 
-// An added token as tokenizer.json declares it (special tokens included).
-struct AddedToken {
-  std::string content;
-  int32_t id = -1;
-  bool special = false;
-  bool lstrip = false;
-  bool rstrip = false;
-  bool single_word = false;
-  bool normalized = false;
-};
-
-// One piece of a split: either an added token (id >= 0) or ordinary text, as byte range [begin, end).
-struct Split {
-  int32_t id;
-  size_t begin, end;
-};
-
-// Finds added tokens in text the way HF `tokenizers` does: leftmost-longest matching of the token
-// strings, then single_word / lstrip / rstrip rules. A byte trie, walked from each start position.
-class AddedTokenMatcher {
- public:
-  AddedTokenMatcher() = default;
-  // `patterns[i]` is matched for `tokens[i]` (the pattern is the normalized content for normalized tokens).
-  AddedTokenMatcher(const std::vector<AddedToken>& tokens, const std::vector<std::string>& patterns);
-  bool empty() const { return nodes_.size() <= 1; }
-  // Splits covering all of `text`, in order; empty text gives no splits.
-  void split(std::string_view text, std::vector<Split>& out) const;
-
- private:
-  struct Node {
-    std::vector<std::pair<unsigned char, int32_t>> next;  // sorted by byte
-    int32_t token = -1;                                    // index into tokens_ when a pattern ends here
-  };
-  std::vector<Node> nodes_{Node{}};
-  std::vector<AddedToken> tokens_;
-  bool first_byte_[256] = {};
-};
+using tokenizer::AddedToken;
+using tokenizer::AddedTokenMatcher;
+using tokenizer::AddedTokenSplit;
 
 // Tokenizer with setters for what the loader reads from tokenizer_config.json / config.json.
 class TokenizerBase : public Tokenizer {

@@ -35,11 +35,11 @@ class SpTokenizer final : public TokenizerBase {
 
   Encoding encode(std::string_view text) const override {
     Encoding enc;
-    std::vector<Split> splits;
+    std::vector<AddedTokenSplit> splits;
     matcher_.split(text, splits);
-    for (const Split& s : splits) {
-      if (s.id >= 0) {
-        enc.ids.push_back(s.id);
+    for (const AddedTokenSplit& s : splits) {
+      if (s.added_id) {
+        enc.ids.push_back(*s.added_id);
         enc.offsets.emplace_back(s.begin, s.end);
         continue;
       }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: set up, build, fetch SmolLM2-135M-Instruct and real quiz data, score the held-out set with
-# the base model, fine-tune with LoRA (configs/demo.yaml), and score it again with the adapter.
+# the base model, fine-tune with LoRA (configs/demo.yaml), score it again with the adapter, and draw the
+# run report (runs/demo/report.png).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,7 +14,10 @@ SFT=build/sft
 echo "== held-out scores before fine-tuning (base model) =="
 $SFT eval configs/demo.yaml --out runs/demo-eval-before | tee /tmp/sft_demo_before.json
 echo "== fine-tuning (LoRA) =="
-$SFT train configs/demo.yaml --force "$@"
+# Metrics every step, held-out scores every 10 steps and TensorBoard files, for the report (none of
+# these change the training itself).
+$SFT train configs/demo.yaml --force log.every_steps=1 eval.every_steps=10 log.tensorboard=true "$@"
+.venv/bin/python scripts/plot_run.py runs/demo --out runs/demo/report.png --label "LoRA (demo)"
 echo "== held-out scores after fine-tuning (base + runs/demo/adapter) =="
 $SFT eval configs/demo.yaml --adapter runs/demo/adapter --out runs/demo-eval-after | tee /tmp/sft_demo_after.json
 .venv/bin/python - <<'PY'

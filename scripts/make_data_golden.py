@@ -3,9 +3,13 @@
 
 For every reference tokenizer (the shared assets plus SmolLM2 when scripts/get_model.sh has fetched it)
 and every conversation in CASES, records what HF transformers' apply_chat_template produces:
-the rendered text (tokenize=False) and the token ids (tokenize=True), both without a generation prompt.
-Output: <golden>/data/chat_<name>.json (default <repo>/.cache/golden). Idempotent: a file is rewritten
-only when its content changes.
+the rendered text (tokenize=False) and the token ids (tokenize=True), both without a generation prompt,
+and the text each assistant turn must supervise: what follows the generation prompt in the rendering,
+up to and including the first special token after it (the end-of-turn token). The generation prompt is
+transformers' own: the conversation before that turn rendered with add_generation_prompt=True, which
+must be a prefix of the whole rendering.
+Output: <golden>/data/chat_<name>.json and chat_<name>.targets.json (default <repo>/.cache/golden).
+Idempotent: a file is rewritten only when its content changes.
 
 mistral-bpe's tokenizer_config.json has no chat_template (transformers 5 then refuses apply_chat_template),
 so for it we pass MISTRAL_V01_TEMPLATE: the chat_template of mistralai/Mistral-7B-Instruct-v0.1
@@ -102,6 +106,21 @@ def tokenizers():
         print(f"[make_data_golden] {smol} not found: skipping smollm2 (run scripts/get_model.sh)", file=sys.stderr)
 
 
+def supervised_targets(tok, messages, text, kwargs):
+    """Per assistant turn: the rendered text after its generation prompt, through the end-of-turn token."""
+    # Every special added token (Llama-3's <|eot_id|> is one, though not in its special-tokens map).
+    specials = [t.content for t in tok.added_tokens_decoder.values() if t.special and t.content]
+    targets = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tok.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True, **kwargs)
+        assert text.startswith(prompt), (messages, k)
+        ends = [text.find(t, len(prompt)) + len(t) for t in specials if text.find(t, len(prompt)) >= 0]
+        targets.append(text[len(prompt):min(ends)])
+    return targets
+
+
 def write_if_changed(path, text):
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
@@ -123,7 +142,7 @@ def main():
     for name, directory, template in tokenizers():
         tok = AutoTokenizer.from_pretrained(str(directory))
         cases = CASES + (QWEN3_EXTRA if name == "qwen3" else [])
-        records = []
+        records, target_records = [], []
         for case, messages in cases:
             kwargs = {"chat_template": template} if template else {}
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **kwargs)
@@ -132,9 +151,16 @@ def main():
             # Sanity: the reference tokenizes the whole rendered text once, as we do.
             assert list(ids) == tok(text, add_special_tokens=False)["input_ids"], (name, case)
             records.append({"name": case, "messages": messages, "text": text, "ids": list(map(int, ids))})
-        doc = {"tokenizer": name, "tokenizer_dir": str(directory),
+            target_records.append({"name": case, "targets": supervised_targets(tok, messages, text, kwargs)})
+        # Relative to the repo, so the file does not depend on where the checkout lives.
+        where = Path(directory)
+        where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
+        doc = {"tokenizer": name, "tokenizer_dir": str(where),
                "chat_template_passed": template is not None, "cases": records}
         changed = write_if_changed(out / f"chat_{name}.json", json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+        targets_doc = {"tokenizer": name, "cases": target_records}
+        changed |= write_if_changed(out / f"chat_{name}.targets.json",
+                                    json.dumps(targets_doc, ensure_ascii=False, indent=1) + "\n")
         print(f"[make_data_golden] {name}: {len(records)} cases {'written' if changed else 'unchanged'}")
 
 

@@ -7,6 +7,10 @@ set(SFT_PYTHON_TESTS
   tests/python/test_export_reference.py
   tests/python/test_repo_paths.py
   tests/python/test_dist_torchrun.py
+  tests/python/test_tensorboard.py
+  tests/python/test_plot_run.py
+  tests/python/test_install.py
+  tests/python/test_data_files.py
 )
 foreach(py_test ${SFT_PYTHON_TESTS})
   get_filename_component(py_name ${py_test} NAME_WE)

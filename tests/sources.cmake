@@ -4,6 +4,7 @@ set(SFT_TEST_SOURCES
   tests/test_safetensors.cpp
   tests/test_model.cpp
   tests/test_tokenizer.cpp
+  tests/test_tokenizer_components.cpp
   tests/test_data.cpp
   tests/test_attention.cpp
   tests/test_attention_cuda.cpp
@@ -15,3 +16,4 @@ list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_checkpoint.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_dist.cpp)  # multi-process pieces (the rest: tests/python/test_dist_torchrun.py)
 list(APPEND SFT_TEST_SOURCES tests/launch_test_util.cpp tests/test_launch.cpp tests/test_launch_signals.cpp)  # sft launch
+list(APPEND SFT_TEST_SOURCES tests/test_data_files.cpp tests/test_tensorboard.cpp)  # .json/.gz data; TensorBoard files

@@ -116,7 +116,7 @@ std::string expect_input_error(const std::function<void()>& f) {
 // ---------------------------------------------------------------- formats
 
 TEST(DataFormats, DetectsAndReadsPromptResponse) {
-  FileReadResult r = read_jsonl(fixture("prompt_response.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("prompt_response.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kPromptResponse);
   EXPECT_EQ(r.lines, 3);  // the blank line is ignored
   ASSERT_EQ(r.conversations.size(), 3u);
@@ -131,7 +131,7 @@ TEST(DataFormats, DetectsAndReadsPromptResponse) {
 }
 
 TEST(DataFormats, DetectsAndReadsAlpaca) {
-  FileReadResult r = read_jsonl(fixture("alpaca.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("alpaca.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kAlpaca);
   ASSERT_EQ(r.conversations.size(), 3u);
   EXPECT_EQ(r.conversations[0].messages[0].content, "Translate to French.\nGood morning");
@@ -143,7 +143,7 @@ TEST(DataFormats, DetectsAndReadsAlpaca) {
 }
 
 TEST(DataFormats, DetectsAndReadsMessages) {
-  FileReadResult r = read_jsonl(fixture("messages.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("messages.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kMessages);
   ASSERT_EQ(r.conversations.size(), 2u);
   const auto& m = r.conversations[1].messages;
@@ -154,7 +154,7 @@ TEST(DataFormats, DetectsAndReadsMessages) {
 }
 
 TEST(DataFormats, DetectsAndReadsShareGpt) {
-  FileReadResult r = read_jsonl(fixture("sharegpt.jsonl"), Format::kAuto, false);
+  FileReadResult r = read_data_file(fixture("sharegpt.jsonl"), Format::kAuto, false);
   EXPECT_EQ(r.format, Format::kShareGpt);
   ASSERT_EQ(r.conversations.size(), 2u);
   EXPECT_EQ(r.conversations[0].messages[0].role, Role::kUser);
@@ -164,7 +164,7 @@ TEST(DataFormats, DetectsAndReadsShareGpt) {
 
 TEST(DataFormats, ExplicitFormatOverridesDetection) {
   // Reading messages data as alpaca: every line lacks "instruction".
-  std::string msg = expect_input_error([] { read_jsonl(fixture("messages.jsonl"), Format::kAlpaca, false); });
+  std::string msg = expect_input_error([] { read_data_file(fixture("messages.jsonl"), Format::kAlpaca, false); });
   EXPECT_NE(msg.find("messages.jsonl:1: missing field \"instruction\""), std::string::npos) << msg;
   EXPECT_EQ(parse_format("sharegpt"), Format::kShareGpt);
   msg = expect_input_error([] { parse_format("csv"); });
@@ -200,12 +200,12 @@ class DataBadInput : public ::testing::TestWithParam<BadCase> {};
 TEST_P(DataBadInput, NamesFileAndLine) {
   const BadCase& c = GetParam();
   const std::string path = fixture(c.file).string();
-  std::string msg = expect_input_error([&] { read_jsonl(path, Format::kAuto, false); });
+  std::string msg = expect_input_error([&] { read_data_file(path, Format::kAuto, false); });
   const std::string where = c.line ? path + ":" + std::to_string(c.line) + ": " : path + ": ";
   EXPECT_EQ(msg.rfind(where, 0), 0u) << msg;
   EXPECT_NE(msg.find(c.expected), std::string::npos) << msg;
   if (*c.reason) {  // the same line is skipped and counted by reason with skip_invalid
-    FileReadResult r = read_jsonl(path, Format::kAuto, true);
+    FileReadResult r = read_data_file(path, Format::kAuto, true);
     ASSERT_EQ(r.invalid.size(), 1u);
     EXPECT_EQ(r.invalid[0].reason, c.reason);
     EXPECT_EQ(r.invalid[0].source, path + ":" + std::to_string(c.line));
@@ -236,14 +236,14 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(DataBadInputExtra, UndetectableFormatAndNonObject) {
   test::TempDir dir;
   test::write_text(dir.path() / "x.jsonl", "\n{\"text\": \"hello\"}\n");
-  std::string msg = expect_input_error([&] { read_jsonl(dir.path() / "x.jsonl", Format::kAuto, true); });
+  std::string msg = expect_input_error([&] { read_data_file(dir.path() / "x.jsonl", Format::kAuto, true); });
   EXPECT_NE(msg.find("x.jsonl:2: cannot detect the data format from keys {text}"), std::string::npos) << msg;
   test::write_text(dir.path() / "y.jsonl", "[1, 2]\n");
-  msg = expect_input_error([&] { read_jsonl(dir.path() / "y.jsonl", Format::kAuto, false); });
+  msg = expect_input_error([&] { read_data_file(dir.path() / "y.jsonl", Format::kAuto, false); });
   EXPECT_NE(msg.find("y.jsonl:1: a line must be a JSON object (got array)"), std::string::npos) << msg;
   // Whitespace-only files are empty too.
   test::write_text(dir.path() / "z.jsonl", "\n  \n");
-  msg = expect_input_error([&] { read_jsonl(dir.path() / "z.jsonl", Format::kAuto, true); });
+  msg = expect_input_error([&] { read_data_file(dir.path() / "z.jsonl", Format::kAuto, true); });
   EXPECT_NE(msg.find("z.jsonl: data file is empty"), std::string::npos) << msg;
 }
 
@@ -407,36 +407,17 @@ Conversation from_golden(const json& messages) {
   return c;
 }
 
-// The strings each template must supervise: assistant text (as the template transforms it) plus the
-// end-of-turn token, one per assistant turn.
-std::vector<std::string> expected_targets(const std::string& tokenizer, const json& messages) {
-  std::vector<std::string> out;
-  size_t last = messages.size() - 1;
-  for (size_t i = 0; i < messages.size(); ++i) {
-    if (messages[i]["role"] != "assistant") continue;
-    std::string c = messages[i]["content"];
-    if (tokenizer == "qwen3" || tokenizer == "smollm2") {
-      std::string reasoning;
-      size_t close = c.find("</think>");
-      if (close != std::string::npos) {  // "<think>\nR\n</think>\n\nA" -> R, A
-        reasoning = c.substr(c.find("<think>") + 8, close - c.find("<think>") - 9);
-        c = c.substr(close + 10);
-      }
-      if (tokenizer == "qwen3" && i == last) {
-        c = "<think>\n" + reasoning + "\n</think>\n\n" + c.substr(std::min(c.size(), c.find_first_not_of('\n')));
-      }
-      out.push_back(c + "<|im_end|>");
-    } else if (tokenizer == "llama3") {
-      size_t b = c.find_first_not_of(" \t\n"), e = c.find_last_not_of(" \t\n");
-      out.push_back(c.substr(b, e - b + 1) + "<|eot_id|>");
-    } else if (tokenizer == "llama2") {  // " " + content.strip() + " </s>"
-      size_t b = c.find_first_not_of(" \t\n"), e = c.find_last_not_of(" \t\n");
-      out.push_back(" " + c.substr(b, e - b + 1) + " </s>");
-    } else {  // mistral: " " + content + "</s>"
-      out.push_back(" " + c + "</s>");
-    }
+// The strings each template must supervise, per case name: for each assistant turn, what transformers
+// renders after that turn's generation prompt, through the end-of-turn token (scripts/make_data_golden.py).
+std::map<std::string, std::vector<std::string>> load_golden_targets(const std::string& name) {
+  fs::path p = test::golden_dir() / "data" / ("chat_" + name + ".targets.json");
+  if (!fs::exists(p)) throw std::runtime_error(p.string() + " missing: run scripts/make_data_golden.py");
+  const json golden = json::parse(test::read_text(p));
+  std::map<std::string, std::vector<std::string>> targets;
+  for (const auto& c : golden.at("cases")) {
+    targets[c["name"].get<std::string>()] = c["targets"].get<std::vector<std::string>>();
   }
-  return out;
+  return targets;
 }
 
 SpecialTokens specials_from_config(const fs::path& dir, std::optional<std::string>* jinja) {
@@ -468,6 +449,7 @@ TEST(DataTemplateGolden, RenderedTextEqualsTransformers) {
 
 void check_ids_against_golden(const std::string& name, const fs::path& dir, const std::string& template_name) {
   json golden = load_golden(name);
+  const auto targets = load_golden_targets(name);
   std::unique_ptr<Tokenizer> tok = load_tokenizer(dir);
   ChatTemplate t = resolve_template(template_name, tok->chat_template(), (dir / "tokenizer_config.json").string());
   for (const auto& c : golden["cases"]) {
@@ -478,7 +460,8 @@ void check_ids_against_golden(const std::string& name, const fs::path& dir, cons
     // One tokenizer effect is allowed: when the response starts with whitespace, BPE may merge it with
     // the header's trailing whitespace into one token ("\n" + "\n..." -> "\n\n"); that token holds
     // response bytes, so it is supervised and its prompt-side whitespace decodes with it.
-    std::vector<std::string> got = supervised_texts(e, *tok), want = expected_targets(name, c["messages"]);
+    ASSERT_TRUE(targets.count(c["name"].get<std::string>())) << case_name << ": no supervised targets in the golden";
+    std::vector<std::string> got = supervised_texts(e, *tok), want = targets.at(c["name"].get<std::string>());
     ASSERT_EQ(got.size(), want.size()) << case_name;
     for (size_t k = 0; k < got.size(); ++k) {
       const bool exact = got[k] == want[k];

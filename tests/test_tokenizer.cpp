@@ -2,22 +2,20 @@
 // (scripts/make_tokenizer_golden.py: >= 5,000 strings per tokenizer, ids from HF `tokenizers` or
 // `sentencepiece`) must encode to identical ids and decode to the reference text; offsets must tile the
 // input. The same corpus must also give `transformers` AutoTokenizer's ids with the pipeline the trainer
-// uses (TokenizerPipeline::kTransformers). Plus special-token metadata against `transformers`, the regex
-// engine and Unicode normalization on known cases, and every bad-input error we raise.
+// uses (TokenizerPipeline::kTransformers). Plus special-token metadata against `transformers` and
+// offsets on known cases. The components and the load errors: tests/test_tokenizer_components.cpp.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <thread>
 
 #include "common/errors.h"
 #include "data/tokenizer.h"
-#include "data/tokenizer_regex.h"
-#include "data/unicode.h"
+#include "data/tokenizer/unicode.h"
 #include "tests/test_util.h"
 
 namespace sft::data {
@@ -181,7 +179,7 @@ std::string token_bytes(const Tokenizer& tok, int32_t id, bool byte_level, const
   if (byte_level) {
     for (size_t i = 0; i < t.size();) {
       size_t len;
-      uint32_t cp = unicode::decode_utf8(t.data() + i, t.size() - i, &len);
+      uint32_t cp = tokenizer::decode_utf8(t.data() + i, t.size() - i, &len);
       i += len;
       out.push_back(alphabet.to_byte.at(cp));
     }
@@ -218,7 +216,7 @@ TEST_P(TokenizerGolden, OffsetsTileTheInput) {
       for (size_t gap = from; gap < to; ++gap) {
         ASSERT_TRUE(byte_level) << where << " gap before token " << token;
         std::string symbol;
-        unicode::append_utf8(symbol, alphabet.to_char[static_cast<unsigned char>(g.text[gap])]);
+        tokenizer::append_utf8(symbol, alphabet.to_char[static_cast<unsigned char>(g.text[gap])]);
         ASSERT_FALSE(tok.token_to_id(symbol).has_value()) << where << " gap before token " << token;
       }
     };
@@ -382,8 +380,6 @@ TEST(TokenizerKnown, ChatTemplatesAndSpecialsFromConfig) {
   EXPECT_THROW(llama3.id_to_token(1 << 30), std::out_of_range);
 }
 
-std::string error_of(const fs::path& dir);  // load_tokenizer's error message (defined with the error tests)
-
 // Which class AutoTokenizer builds for mistral-bpe's tokenizer.json under edited configs, and that class's
 // ids. The expected ids were printed by transformers 5.24 for the same edits.
 TEST(TokenizerKnown, TransformersClassChoiceAndLlamaTokenizerRebuild) {
@@ -443,7 +439,12 @@ TEST(TokenizerKnown, TransformersClassChoiceAndLlamaTokenizerRebuild) {
   fs::copy_file(tokenizer_dir("mistral-bpe") / "tokenizer.json", dir.path() / "tokenizer.json");
   fs::copy_file(tokenizer_dir("mistral-bpe") / "tokenizer_config.json", dir.path() / "tokenizer_config.json");
   test::write_text(dir.path() / "config.json", R"({"model_type": "qwen2"})");
-  std::string e = error_of(dir.path());
+  std::string e = "NO ERROR";
+  try {
+    load_tokenizer(dir.path());
+  } catch (const InputError& error) {
+    e = error.what();
+  }
   EXPECT_NE(e.find("Qwen2Tokenizer"), std::string::npos) << e;
   EXPECT_NE(e.find((dir.path() / "config.json").string()), std::string::npos) << e;
 }
@@ -483,218 +484,6 @@ TEST(TokenizerThreads, ConcurrentEncodeIsDeterministic) {
   t2.join();
   for (size_t i = 0; i < golden.size(); ++i) ASSERT_EQ(a[i], golden[i].ids) << i;
   for (size_t i = 0; i < golden.size(); ++i) ASSERT_EQ(b[i], golden[i].ids) << i;
-}
-
-// ---------------------------------------------------------------- regex engine and Unicode
-std::vector<std::string> regex_split(const std::string& pattern, const std::string& text) {
-  Regex re(pattern);
-  RegexText t;
-  t.assign(text);
-  std::vector<std::pair<size_t, size_t>> m;
-  re.find_all(t, m);
-  std::vector<std::string> out;
-  for (auto [b, e] : m) out.push_back(text.substr(t.byte_pos[b], t.byte_pos[e] - t.byte_pos[b]));
-  return out;
-}
-
-TEST(TokenizerRegex, OnigurumaSemanticsOnPreTokenizerPatterns) {
-  const std::string gpt2 = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-  EXPECT_EQ(regex_split(gpt2, "Hello world's  end 123!!"),
-            (std::vector<std::string>{"Hello", " world", "'s", " ", " end", " 123", "!!"}));
-  // \s+(?!\S) backs off one space so the next word keeps its leading space.
-  EXPECT_EQ(regex_split(gpt2, "a   b"), (std::vector<std::string>{"a", "  ", " b"}));
-  const std::string llama3 =
-      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-      "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-  EXPECT_EQ(regex_split(llama3, "I'M 1234567 DON'T\n\n x"),
-            (std::vector<std::string>{"I", "'M", " ", "123", "456", "7", " DON", "'T", "\n\n", " x"}));
-  // Case-insensitive contractions fold U+017F (long s) to 's', as Oniguruma does.
-  EXPECT_EQ(regex_split(llama3, "it'\xC5\xBF"), (std::vector<std::string>{"it", "'\xC5\xBF"}));
-  // Unicode classes: CJK is \p{L}, Arabic-Indic digits are \p{N}, U+3000 is \s.
-  EXPECT_EQ(regex_split(gpt2, "\xE4\xBD\xA0\xE5\xA5\xBD\xE3\x80\x80\xD9\xA1\xD9\xA2"),
-            (std::vector<std::string>{"\xE4\xBD\xA0\xE5\xA5\xBD", "\xE3\x80\x80", "\xD9\xA1\xD9\xA2"}));
-  EXPECT_EQ(regex_split("a+?b|[x-z]{2}", "aaab xyz"), (std::vector<std::string>{"aaab", "xy"}));
-  EXPECT_EQ(regex_split("(?:ab)+", "ababa ab"), (std::vector<std::string>{"abab", "ab"}));
-}
-
-TEST(TokenizerRegex, UnsupportedSyntaxIsRejected) {
-  EXPECT_THROW(Regex("(?<=a)b"), std::invalid_argument);
-  EXPECT_THROW(Regex("(a)\\1"), std::invalid_argument);
-  EXPECT_THROW(Regex("\\p{Han}"), std::invalid_argument);
-  EXPECT_THROW(Regex("[a-z"), std::invalid_argument);
-  EXPECT_THROW(Regex("a)"), std::invalid_argument);
-}
-
-TEST(TokenizerUnicode, NormalizationAndUtf8) {
-  std::string out;
-  std::vector<unicode::NormalizedRun> runs;
-  EXPECT_TRUE(unicode::normalize("e\xCC\x81", unicode::NormalForm::kNFC, out, runs));
-  EXPECT_EQ(out, "\xC3\xA9");
-  ASSERT_EQ(runs.size(), 1u);
-  EXPECT_EQ(runs[0].in_end, 3u);
-  EXPECT_TRUE(unicode::normalize("\xC3\xA9", unicode::NormalForm::kNFD, out, runs));
-  EXPECT_EQ(out, "e\xCC\x81");
-  // Hangul jamo compose algorithmically: U+1100 U+1161 U+11A8 -> U+AC01.
-  EXPECT_TRUE(unicode::normalize("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", unicode::NormalForm::kNFC, out, runs));
-  EXPECT_EQ(out, "\xEA\xB0\x81");
-  // Marks are reordered by combining class: q + dot above (230) + dot below (220) -> below first.
-  EXPECT_TRUE(unicode::normalize("q\xCC\x87\xCC\xA3", unicode::NormalForm::kNFC, out, runs));
-  EXPECT_EQ(out, "q\xCC\xA3\xCC\x87");
-  EXPECT_TRUE(unicode::normalize("\xEF\xAC\x81", unicode::NormalForm::kNFKC, out, runs));  // ligature fi
-  EXPECT_EQ(out, "fi");
-  EXPECT_FALSE(unicode::normalize("plain ascii", unicode::NormalForm::kNFC, out, runs));
-  EXPECT_FALSE(unicode::normalize("\xC3\xA9t\xC3\xA9", unicode::NormalForm::kNFC, out, runs));
-  // Lossy UTF-8 replaces each maximal invalid subpart with one U+FFFD, like Rust's from_utf8_lossy.
-  EXPECT_EQ(unicode::utf8_lossy("a\xF0\x9F\x98"), "a\xEF\xBF\xBD");
-  EXPECT_EQ(unicode::utf8_lossy("\xFF\xFE"), "\xEF\xBF\xBD\xEF\xBF\xBD");
-  EXPECT_EQ(unicode::category(0x4E2D), unicode::kLo);
-  EXPECT_EQ(unicode::category('7'), unicode::kNd);
-  EXPECT_TRUE(unicode::is_white_space(0x3000));
-  EXPECT_FALSE(unicode::is_white_space(0x200B));
-}
-
-// ---------------------------------------------------------------- bad input
-// A minimal valid byte-level BPE tokenizer.json, edited per test.
-json tiny_tokenizer_json() {
-  json vocab = json::object();
-  int id = 0;
-  for (const char* t : {"a", "b", "ab", "Ġ", "Ġab"}) vocab[t] = id++;
-  return json{{"version", "1.0"},
-              {"normalizer", nullptr},
-              {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
-              {"added_tokens", json::array({{{"id", 5}, {"content", "<eos>"}, {"special", true}, {"lstrip", false},
-                                             {"rstrip", false}, {"single_word", false}, {"normalized", false}}})},
-              {"decoder", {{"type", "ByteLevel"}}},
-              {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({"a b", "Ġ ab"})}}}};
-}
-
-std::string error_of(const fs::path& dir) {
-  try {
-    load_tokenizer(dir);
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
-  }
-  return "NO ERROR";
-}
-
-TEST(TokenizerErrors, TinyTokenizerWorks) {
-  test::TempDir dir;
-  test::write_text(dir.path() / "tokenizer.json", tiny_tokenizer_json().dump());
-  test::write_text(dir.path() / "tokenizer_config.json",
-                   R"({"eos_token": {"content": "<eos>"}, "chat_template": [{"name": "tool_use", "template": "T"},
-                       {"name": "default", "template": "D"}]})");
-  auto tok = load_tokenizer(dir.path());
-  EXPECT_EQ(tok->encode_ids("ab ab<eos>"), (std::vector<int32_t>{2, 4, 5}));
-  EXPECT_EQ(tok->decode({2, 4, 5}), "ab ab<eos>");
-  EXPECT_EQ(tok->decode({2, 4, 5}, true), "ab ab");
-  EXPECT_EQ(tok->special_tokens().eos, 5);
-  EXPECT_EQ(tok->chat_template(), std::optional<std::string>("D"));
-  EXPECT_EQ(tok->vocab_size(), 6);
-}
-
-// Writes `files` into a fresh dir and returns load_tokenizer's InputError message.
-std::string error_with(const std::map<std::string, std::string>& files, const test::TempDir& dir) {
-  for (const auto& [name, text] : files) test::write_text(dir.path() / name, text);
-  return error_of(dir.path());
-}
-
-#define EXPECT_HAS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
-
-TEST(TokenizerErrors, MissingFilesNameTheDirectory) {
-  test::TempDir dir;
-  std::string e = error_of(dir.path() / "nope");
-  EXPECT_HAS(e, (dir.path() / "nope").string());
-  EXPECT_HAS(e, "does not exist");
-  e = error_of(dir.path());
-  EXPECT_HAS(e, dir.path().string());
-  EXPECT_HAS(e, "no tokenizer.json or tokenizer.model");
-}
-
-TEST(TokenizerErrors, MalformedTokenizerJsonNamesFileAndKey) {
-  struct Case {
-    const char* what;
-    std::function<void(json&)> edit;
-    const char* expect;
-  };
-  const std::vector<Case> cases = {
-      {"wordpiece", [](json& j) { j["model"]["type"] = "WordPiece"; }, "model.type 'WordPiece' is not supported"},
-      {"unigram", [](json& j) { j["model"] = {{"type", "Unigram"}, {"vocab", json::array()}}; },
-       "model.type 'Unigram' is not supported"},
-      {"no model", [](json& j) { j.erase("model"); }, "missing key 'model'"},
-      {"no vocab", [](json& j) { j["model"].erase("vocab"); }, "missing key 'vocab'"},
-      {"bad merge", [](json& j) { j["model"]["merges"] = json::array({"a zz"}); }, "model.merges[0]"},
-      {"bad merge shape", [](json& j) { j["model"]["merges"] = json::array({42}); }, "model.merges[0]"},
-      {"bad vocab id", [](json& j) { j["model"]["vocab"]["a"] = "x"; }, "model.vocab['a']"},
-      {"pre_tokenizer", [](json& j) { j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}}; },
-       "pre_tokenizer type 'BertPreTokenizer' is not supported"},
-      {"regex", [](json& j) {
-         j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(?<=x)y"}}}, {"behavior", "Isolated"}};
-       }, "regex (?<=x)y"},
-      {"normalizer", [](json& j) { j["normalizer"] = {{"type", "BertNormalizer"}}; },
-       "normalizer type 'BertNormalizer' is not supported"},
-      {"decoder", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; }, "decoder type 'WordPiece' is not supported"},
-      {"added token", [](json& j) { j["added_tokens"][0].erase("content"); }, "added_tokens[0]: missing key 'content'"},
-  };
-  for (const Case& c : cases) {
-    test::TempDir dir;
-    json j = tiny_tokenizer_json();
-    c.edit(j);
-    std::string e = error_with({{"tokenizer.json", j.dump()}}, dir);
-    EXPECT_HAS(e, (dir.path() / "tokenizer.json").string()) << " case " << c.what;
-    EXPECT_HAS(e, c.expect) << " case " << c.what;
-  }
-  test::TempDir dir;
-  std::string e = error_with({{"tokenizer.json", "{\"model\": "}}, dir);
-  EXPECT_HAS(e, (dir.path() / "tokenizer.json").string());
-  EXPECT_HAS(e, "malformed JSON");
-}
-
-TEST(TokenizerErrors, BadConfigFilesNameFileAndKey) {
-  const std::string tj = tiny_tokenizer_json().dump();
-  struct Case {
-    const char* file;
-    const char* text;
-    const char* expect;
-  };
-  const std::vector<Case> cases = {
-      {"tokenizer_config.json", "{not json", "malformed JSON"},
-      {"tokenizer_config.json", R"({"bos_token": "<nope>"})", "bos_token '<nope>' is not in the tokenizer vocabulary"},
-      {"tokenizer_config.json", R"({"eos_token": 5})", "eos_token must be a string"},
-      {"tokenizer_config.json", R"({"chat_template": 3})", "chat_template must be a string"},
-      {"tokenizer_config.json", R"({"chat_template": [{"template": "x"}]})", "chat_template list entries"},
-      {"tokenizer_config.json", R"({"add_bos_token": true})", "add_bos_token is true but there is no bos_token"},
-      {"special_tokens_map.json", R"({"pad_token": {"content": "<pad>"}})", "pad_token '<pad>'"},
-      {"config.json", R"({"eos_token_id": "x"})", "eos_token_id must be an integer"},
-      {"config.json", R"({"bos_token_id": 99})", "bos_token id 99 is outside the vocabulary"},
-  };
-  for (const Case& c : cases) {
-    test::TempDir dir;
-    std::string e = error_with({{"tokenizer.json", tj}, {c.file, c.text}}, dir);
-    EXPECT_HAS(e, (dir.path() / c.file).string()) << " file " << c.file;
-    EXPECT_HAS(e, c.expect);
-  }
-}
-
-TEST(TokenizerErrors, CorruptSentencePieceModel) {
-  test::TempDir dir;
-  std::string e = error_with({{"tokenizer.model", "this is not a protobuf"}}, dir);
-  EXPECT_HAS(e, (dir.path() / "tokenizer.model").string());
-  EXPECT_HAS(e, "cannot load SentencePiece model");
-}
-
-TEST(TokenizerErrors, SentencePieceOnlyDirUsesModelIds) {
-  // A dir holding only tokenizer.model: bos/eos/unk come from the model itself.
-  test::TempDir dir;
-  fs::copy_file(tokenizer_dir("llama2-sp") / "tokenizer.model", dir.path() / "tokenizer.model");
-  auto tok = load_tokenizer(dir.path());
-  EXPECT_EQ(tok->special_tokens().bos, 1);
-  EXPECT_EQ(tok->special_tokens().eos, 2);
-  EXPECT_EQ(tok->special_tokens().unk, 0);
-  EXPECT_FALSE(tok->special_tokens().pad.has_value());
-  EXPECT_EQ(tok->special_tokens().eos_text, "</s>");
-  EXPECT_FALSE(tok->chat_template().has_value());
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "trainer/eval_command.h"
 #include "trainer/launch.h"
 #include "trainer/train.h"
+#include "trainer/version.h"
 
 namespace sft {
 namespace fs = std::filesystem;
@@ -157,7 +158,7 @@ int command_logits(const std::vector<std::string>& args) {
 int run_sft(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") return command_help({});
   if (args[0] == "--version" || args[0] == "version") {
-    std::cout << "sft " << SFT_VERSION << " (LibTorch " << TORCH_VERSION << ")\n";
+    std::cout << version_report();
     return 0;
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());

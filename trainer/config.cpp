@@ -75,6 +75,7 @@ void visit_fields(Config& c, V& v) {
   v("output_dir", c.output_dir, "run directory (default: runs/<config file name>)");
   v("log.every_steps", c.log.every_steps, "write metrics.jsonl every N optimizer steps");
   v("log.progress", c.log.progress, "progress bar on a terminal; plain lines otherwise");
+  v("log.tensorboard", c.log.tensorboard, "also write TensorBoard event files (train/*, eval/* scalars) to output_dir/tensorboard/");
   v("dist.backend", c.dist.backend, "multi-process backend: auto|gloo|nccl (auto: NCCL on CUDA, Gloo on CPU)");
   v("dist.timeout_s", c.dist.timeout_s, "timeout of every collective and store wait in seconds: a dead or hung rank fails the job after it");
   v("dist.bucket_mb", c.dist.bucket_mb, "gradient allreduce bucket size in MiB (buckets start during the last micro-batch's backward)");

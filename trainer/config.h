@@ -87,6 +87,7 @@ struct DistOptions {
 struct LogOptions {
   int64_t every_steps = 10;
   bool progress = true;
+  bool tensorboard = false;  // also write TensorBoard event files to output_dir/tensorboard/
 };
 
 struct Config {

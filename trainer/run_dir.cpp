@@ -18,6 +18,7 @@ void wipe_run(const fs::path& dir) {
   fs::remove_all(dir / "checkpoints");
   fs::remove_all(dir / "adapter");
   fs::remove_all(dir / "model");
+  fs::remove_all(dir / "tensorboard");
 }
 
 }  // namespace

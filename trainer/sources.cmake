@@ -21,3 +21,5 @@ list(APPEND SFT_TRAINER_SOURCES trainer/process_group.cpp trainer/grad_sync.cpp 
 # nvidia-nccl wheel that torch installs beside itself (set in CMakeLists.txt when CUDA is on).
 set(SFT_PROCESS_GROUP_SOURCE trainer/process_group.cpp)
 list(APPEND SFT_TRAINER_SOURCES trainer/launch.cpp trainer/launch_process.cpp)  # sft launch
+list(APPEND SFT_TRAINER_SOURCES trainer/train_logs.cpp trainer/version.cpp)  # run logs (JSONL + TensorBoard), sft --version
+# trainer/tensorboard.cpp is its own library (sft_tensorboard, CMakeLists.txt): it must not see LibTorch's protobuf headers.

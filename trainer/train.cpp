@@ -45,6 +45,7 @@
 #include "trainer/setup.h"
 #include "trainer/stop_signals.h"
 #include "trainer/trainer_state.h"
+#include "trainer/train_logs.h"
 
 namespace sft {
 namespace fs = std::filesystem;
@@ -475,18 +476,16 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
     if (resume_dir) std::cerr << "  resuming from " << resume_dir->string() << " at step " << ctx.step << "\n";
   }
 
-  JsonlWriter metrics, eval_log;
-  if (main) {
-    metrics = JsonlWriter(out_dir / "metrics.jsonl");
-    eval_log = JsonlWriter(out_dir / "eval.jsonl");
-  }
+  // metrics.jsonl, eval.jsonl and (log.tensorboard) TensorBoard event files: rank 0 only.
+  std::optional<TrainLogs> logs;
+  if (main) logs.emplace(out_dir, ctx.config.log.tensorboard, ctx.step);
   auto run_eval = [&](int64_t step) {  // sharded across the ranks; rank 0 writes the reduced summary
     if (evaluator.empty()) return;
     const EvalResult r = evaluator.run(ctx.model, {}, &group);
     if (!main) return;
     nlohmann::json line = r.to_json();
     line["step"] = step;
-    eval_log.write(line);
+    logs->write_eval(line);
     print_eval_line(step, r);
   };
 
@@ -520,7 +519,7 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
                              {"tokens_per_s", window_s > 0 ? ctx.window_tokens / window_s : 0.0},
                              {"elapsed_s", elapsed_s(ctx, start)}};
       if (group.distributed()) line["comm_wait_s"] = ctx.window_comm_s;
-      if (main) metrics.write(line);
+      if (main) logs->write_metrics(line);
       ctx.window_loss = ctx.window_comm_s = 0;
       ctx.window_steps = ctx.window_tokens = ctx.window_targets = 0;
       window_start = now;

@@ -1,0 +1,71 @@
+"""`cmake --install build --prefix DIR` installs a `sft` that runs from any directory with no
+environment set up (LibTorch through the RUNPATH into the torch wheel), and `sft --version` reports our
+version, LibTorch's, the CUDA build and architectures, the visible GPUs and the loaded NCCL, each equal
+to what the build and the torch wheel say."""
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+from conftest import ROOT
+
+
+def cmake_cache(build_dir):
+    cache = {}
+    for line in (build_dir / "CMakeCache.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z_0-9]+):[A-Z]+=(.*)$", line)
+        if match:
+            cache[match.group(1)] = match.group(2)
+    return cache
+
+
+def project_version():
+    return re.search(r"project\(sft VERSION ([0-9.]+)", (ROOT / "CMakeLists.txt").read_text()).group(1)
+
+
+def test_installed_sft_runs_from_any_directory(sft_binary, tmp_path):
+    build_dir = Path(sft_binary).resolve().parent
+    prefix = tmp_path / "prefix"
+    subprocess.run(["cmake", "--install", str(build_dir), "--prefix", str(prefix)], check=True,
+                   capture_output=True, text=True)
+    installed = prefix / "bin" / "sft"
+    assert installed.is_file() and os.access(installed, os.X_OK)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}
+    env["PATH"] = "/usr/bin:/bin"
+    result = subprocess.run([str(installed), "--version"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"sft {project_version()}"
+    assert lines[1] == f"LibTorch {torch.__version__.split('+')[0]}"
+
+    cache = cmake_cache(build_dir)
+    torch_cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+    if list(build_dir.glob("CMakeFiles/*/CMakeCUDACompiler.cmake")):  # CMake enabled CUDA: nvcc was found
+        archs = ", ".join(f"sm_{a}" for a in cache["SFT_CUDA_ARCHITECTURES"].split(";"))
+        assert lines[2] == f"CUDA: compiled in, our kernels for {archs}; LibTorch {torch_cuda}"
+    else:
+        assert lines[2] == f"CUDA: not compiled in (built without nvcc); LibTorch {torch_cuda}"
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        assert lines[3] == "GPU: none visible"
+    else:
+        assert lines[3].startswith(f"GPU: {gpus} visible")
+    if torch.version.cuda:
+        assert lines[4] == "NCCL: " + ".".join(map(str, torch.cuda.nccl.version()))
+    else:
+        assert lines[4] == "NCCL: not loaded"
+
+    # LibTorch is found through the RUNPATH (absolute, into the wheel), not through the environment.
+    dynamic = subprocess.run(["readelf", "-d", str(installed)], capture_output=True, text=True, check=True).stdout
+    runpath = re.search(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[(.*)\]", dynamic).group(1).split(":")
+    torch_lib = Path(torch.__file__).resolve().parent / "lib"
+    assert any(Path(p).resolve() == torch_lib for p in runpath), runpath
+    # A real command from elsewhere: the full config reference, including this issue's key.
+    help_config = subprocess.run([str(installed), "help", "config"], cwd=elsewhere, env=env, capture_output=True,
+                                 text=True)
+    assert help_config.returncode == 0 and "log.tensorboard" in help_config.stdout

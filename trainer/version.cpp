@@ -1,0 +1,86 @@
+// trainer/version.cpp: the `sft --version` report. Everything is asked of the running process (LibTorch's
+// hooks, the loaded NCCL), not of the build machine, so an installed binary reports what it will use.
+#include "trainer/version.h"
+
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <dlfcn.h>
+#include <torch/cuda.h>
+#include <torch/version.h>
+
+#include <sstream>
+
+#ifdef SFT_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+namespace sft {
+namespace {
+
+// "13.0" from 13000 (CUDA's major * 1000 + minor * 10).
+std::string cuda_version_text(long version) {
+  return std::to_string(version / 1000) + "." + std::to_string((version % 1000) / 10);
+}
+
+// NCCL comes with LibTorch's CUDA library (the nvidia-nccl wheel); ask the loaded library itself, so
+// no NCCL header is needed and a CPU-only LibTorch simply has none.
+std::string nccl_version_text() {
+  using GetVersion = int (*)(int*);
+  auto get_version = reinterpret_cast<GetVersion>(dlsym(RTLD_DEFAULT, "ncclGetVersion"));
+  int code = 0;
+  if (!get_version || get_version(&code) != 0 || code <= 0) return "not loaded";
+  // NCCL >= 2.9 encodes major * 10000 + minor * 100 + patch.
+  return std::to_string(code / 10000) + "." + std::to_string((code / 100) % 100) + "." + std::to_string(code % 100);
+}
+
+// "CUDA 13.0" when LibTorch's CUDA library is loaded, else "CPU-only".
+std::string libtorch_cuda_text() {
+  try {
+    const long version = at::detail::getCUDAHooks().versionCUDART();  // throws without ATen_cuda
+    return "CUDA " + cuda_version_text(version);
+  } catch (const c10::Error&) {
+    return "CPU-only";
+  }
+}
+
+// "80,90" (CMake's SFT_CUDA_ARCHITECTURES) -> "sm_80, sm_90".
+[[maybe_unused]] std::string architectures_text(const std::string& list) {
+  std::string text, item;
+  std::istringstream in(list);
+  while (std::getline(in, item, ',')) text += (text.empty() ? "sm_" : ", sm_") + item;
+  return text;
+}
+
+std::string gpu_text() {
+  const size_t count = torch::cuda::device_count();
+  if (count == 0) return "none visible";
+  std::string text = std::to_string(count) + " visible";
+#ifdef SFT_WITH_CUDA
+  for (size_t i = 0; i < count; ++i) {
+    const cudaDeviceProp* p = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(i));
+    text += std::string(i ? ", " : " (") + p->name + " sm_" + std::to_string(p->major) + std::to_string(p->minor);
+  }
+  text += ")";
+#endif
+  return text;
+}
+
+}  // namespace
+
+std::string version_report() {
+  std::ostringstream out;
+  out << "sft " << SFT_VERSION << "\n";
+  out << "LibTorch " << TORCH_VERSION << "\n";
+  const std::string torch_cuda = libtorch_cuda_text();
+#ifdef SFT_WITH_CUDA
+  out << "CUDA: compiled in, our kernels for " << architectures_text(SFT_CUDA_ARCH_LIST) << "; LibTorch " << torch_cuda
+      << "\n";
+#else
+  out << "CUDA: not compiled in (built without nvcc); LibTorch " << torch_cuda << "\n";
+#endif
+  out << "GPU: " << gpu_text() << "\n";
+  out << "NCCL: " << nccl_version_text() << "\n";
+  return out.str();
+}
+
+}  // namespace sft
