@@ -101,6 +101,7 @@ BatchLoader::BatchLoader(std::vector<TokenizedExample> examples, const LoaderOpt
       throw std::invalid_argument("BatchLoader: " + e.source + " is longer than max_seq_len");
     }
     lengths_.push_back(static_cast<int64_t>(e.input_ids.size()));
+    targets_.push_back(count_targets(e.labels));
   }
   plan(0);
 }
@@ -123,6 +124,18 @@ Batch BatchLoader::next() {
     for (int64_t i : row) rows.back().push_back(&examples_[static_cast<size_t>(i)]);
   }
   return build_batch(rows, /*pad_rows=*/!options_.packing, options_.pad_id, options_.pin_memory);
+}
+
+MicroBatchCounts BatchLoader::skip() {
+  if (position_ >= micro_batches_per_epoch()) plan(epoch_ + 1);
+  MicroBatchCounts counts;
+  for (const auto& row : plan_[static_cast<size_t>(position_++)]) {
+    for (int64_t i : row) {
+      counts.real_tokens += lengths_[static_cast<size_t>(i)];
+      counts.targets += targets_[static_cast<size_t>(i)];
+    }
+  }
+  return counts;
 }
 
 void BatchLoader::restore(const SamplerState& state) {

@@ -29,6 +29,15 @@ struct LoaderOptions {
 Batch build_batch(const std::vector<std::vector<const TokenizedExample*>>& rows, bool pad_rows, int32_t pad_id,
                   bool pin_memory = false);
 
+// Token and target counts of a planned micro-batch, from the plan alone (no tensors built).
+struct MicroBatchCounts {
+  int64_t real_tokens = 0;
+  int64_t targets = 0;
+};
+
+// Multi-process training plans with rank 0 / world_size 1, so the sequence of micro-batches is a function
+// of (seed, global position) only; the trainer hands global micro-batch j of a step to one rank
+// (trainer/train.cpp) and every rank walks the whole sequence: next() for its own, skip() for the others'.
 class BatchLoader {
  public:
   // Throws sft::InputError when `examples` is empty.
@@ -37,6 +46,9 @@ class BatchLoader {
   int64_t micro_batches_per_epoch() const { return static_cast<int64_t>(plan_.size()); }
   // The next micro-batch of this rank; after the last one of an epoch, reshuffles into the next epoch.
   Batch next();
+  // Advances past the next micro-batch without building it; returns its counts (the same the Batch of
+  // next() would carry), so every rank knows the step's global token and target counts without talking.
+  MicroBatchCounts skip();
   // State after the batches returned so far; restore(state()) reproduces the remaining sequence.
   SamplerState state() const { return {options_.seed, epoch_, position_}; }
   // Adopts the state's seed, epoch and position (position may equal micro_batches_per_epoch: the epoch
@@ -50,6 +62,7 @@ class BatchLoader {
 
   std::vector<TokenizedExample> examples_;
   std::vector<int64_t> lengths_;
+  std::vector<int64_t> targets_;  // per example: supervised next tokens
   LoaderOptions options_;
   MicroBatchPlan plan_;  // this rank's micro-batches in epoch_
   int64_t epoch_ = 0;

@@ -10,6 +10,7 @@ APT_PACKAGES=(cmake g++ make ccache pkg-config python3-venv
               libsentencepiece-dev sentencepiece nlohmann-json3-dev libyaml-cpp-dev libgtest-dev
               libpcre2-dev libutf8proc-dev
               bsdgames clang libclang-rt-14-dev
+              libgloo-dev  # the gloo headers of ProcessGroupGloo.hpp (torch ships none)
               libprotobuf-dev protobuf-compiler libisal-dev zlib1g-dev)  # TensorBoard events, CRC32C, .gz data
 
 missing=()

@@ -6,6 +6,7 @@ set(SFT_PYTHON_TESTS
   tests/python/test_generate_reference.py
   tests/python/test_export_reference.py
   tests/python/test_repo_paths.py
+  tests/python/test_dist_torchrun.py
   tests/python/test_tensorboard.py
   tests/python/test_plot_run.py
   tests/python/test_install.py

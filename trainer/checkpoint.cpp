@@ -247,14 +247,29 @@ std::string optimizer_shard_name(int64_t rank) {
   return name;
 }
 
-fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointContents& contents) {
+static std::string rank_state_name(int64_t rank) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "ranks/rank-%05lld.json", static_cast<long long>(rank));
+  return name;
+}
+
+fs::path begin_checkpoint(const fs::path& checkpoints_dir, int64_t step) {
   fs::create_directories(checkpoints_dir);
+  const fs::path tmp = checkpoints_dir / (step_dir_name(step) + ".tmp-" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp / "optimizer");
+  fs::create_directories(tmp / "ranks");
+  return tmp;
+}
+
+void write_rank_state(const fs::path& tmp, int64_t rank, const json& state) {
+  write_file_synced(tmp / rank_state_name(rank), state.dump(2) + "\n");
+}
+
+fs::path commit_checkpoint(const fs::path& checkpoints_dir, const fs::path& tmp, const CheckpointContents& contents) {
   const fs::path final_dir = checkpoints_dir / step_dir_name(contents.step);
-  const fs::path tmp = checkpoints_dir / (step_dir_name(contents.step) + ".tmp-" + std::to_string(::getpid()));
   WriteBudget budget;
   try {
-    fs::remove_all(tmp);
-    fs::create_directories(tmp / "optimizer");
     json files = json::object();
     auto record = [&](const std::string& relative) {
       const fs::path path = tmp / relative;
@@ -268,6 +283,16 @@ fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointConte
     write_file_synced(tmp / kCheckpointState, contents.trainer_state.dump(2) + "\n");
     record(kCheckpointState);
     fsync_path(tmp / "optimizer");
+    // What the other ranks wrote (multi-process runs): listed and hashed like every other file.
+    std::vector<std::string> rank_files;
+    for (const auto& entry : fs::directory_iterator(tmp / "ranks")) rank_files.push_back("ranks/" + entry.path().filename().string());
+    std::sort(rank_files.begin(), rank_files.end());
+    for (const std::string& relative : rank_files) record(relative);
+    if (rank_files.empty()) {
+      fs::remove(tmp / "ranks");
+    } else {
+      fsync_path(tmp / "ranks");
+    }
     // The manifest last: its presence is what makes the directory a checkpoint.
     const json manifest = {{"format", "sft-checkpoint"}, {"version", 1}, {"step", contents.step}, {"files", files}};
     write_file_synced(tmp / kCheckpointManifest, manifest.dump(2) + "\n");
@@ -283,6 +308,23 @@ fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointConte
                              " (earlier checkpoints are intact)");
   }
   return final_dir;
+}
+
+fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointContents& contents) {
+  fs::path tmp;
+  try {
+    tmp = begin_checkpoint(checkpoints_dir, contents.step);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint of step " + std::to_string(contents.step) + " in " + checkpoints_dir.string() +
+                             " was not saved: " + e.what() + " (earlier checkpoints are intact)");
+  }
+  return commit_checkpoint(checkpoints_dir, tmp, contents);
+}
+
+std::optional<json> read_rank_state(const fs::path& dir, int64_t rank) {
+  const fs::path path = dir / rank_state_name(rank);
+  if (!fs::exists(path)) return std::nullopt;
+  return read_json_file(path);
 }
 
 std::vector<CheckpointEntry> list_complete_checkpoints(const fs::path& checkpoints_dir) {
@@ -349,7 +391,7 @@ void verify_checkpoint(const fs::path& dir) {
   }
 }
 
-CheckpointContents read_checkpoint(const fs::path& dir, int64_t rank) {
+CheckpointContents read_checkpoint(const fs::path& dir) {
   verify_checkpoint(dir);
   CheckpointContents contents;
   const fs::path state_path = dir / kCheckpointState;
@@ -358,13 +400,8 @@ CheckpointContents read_checkpoint(const fs::path& dir, int64_t rank) {
     throw InputError(state_path.string() + ": missing integer 'global_step'");
   }
   contents.step = contents.trainer_state["global_step"].get<int64_t>();
-  const int64_t world_size = contents.trainer_state.value("world_size", int64_t{1});
-  if (world_size != 1) {
-    throw InputError(state_path.string() + ": saved with world_size " + std::to_string(world_size) +
-                     "; this build resumes single-process checkpoints only");
-  }
   contents.weights = read_all_tensors(dir / kCheckpointWeights);
-  const fs::path shard = dir / optimizer_shard_name(rank);
+  const fs::path shard = dir / optimizer_shard_name(0);  // replicated optimizer state: rank 0's shard
   if (!fs::exists(shard)) throw InputError(shard.string() + ": missing (optimizer state)");
   contents.optimizer = read_all_tensors(shard);
   return contents;

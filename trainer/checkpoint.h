@@ -4,12 +4,14 @@
 // On-disk format (version 1), output_dir/checkpoints/step-00000100/:
 //   weights.safetensors              trainable parameters only, under our parameter names (a LoRA run holds
 //                                    just lora_A/lora_B; frozen base weights are never copied)
-//   optimizer/rank-00000.safetensors AdamW::state_tensors() of rank 0 ("<param>.exp_avg", "... .exp_avg_sq",
-//                                    "step"). A later multi-process issue adds rank-00001... (one shard per
-//                                    rank, each holding that rank's parameter slice) and sets world_size in
-//                                    trainer_state.json; a loader refuses a world_size it cannot map.
-//   trainer_state.json               step, micro_batches_done, epoch, sampler, scheduler, RNG states, log
-//                                    window, world_size, resolved config, fingerprint
+//   optimizer/rank-00000.safetensors AdamW::state_tensors() ("<param>.exp_avg", "... .exp_avg_sq", "step").
+//                                    Data parallelism replicates the optimizer state, so rank 0 writes the
+//                                    one shard; a later ZeRO stage adds rank-00001... (each rank's slice of
+//                                    the flat bucket layout, trainer/grad_sync.h) and reads them back by name.
+//   ranks/rank-00001.json ...        multi-process runs only: what only that rank has (its RNG states)
+//   trainer_state.json               trainer/trainer_state.h: step, global sampler position, scheduler,
+//                                    rank 0's RNG, log window, world_size, micro_batch_size, grad_accum,
+//                                    resolved config, fingerprint
 //   manifest.json                    written LAST: {"files": {relative path: {"size", "sha256"}}}
 // A save writes everything into step-XXXXXXXX.tmp-PID, fsyncs every file and directory, then renames the
 // directory into place and fsyncs checkpoints/. A directory counts as a checkpoint only when its name is
@@ -44,7 +46,19 @@ struct CheckpointContents {
   nlohmann::json trainer_state;
 };
 
-// Writes checkpoints_dir/step-%08d atomically (see above) and returns its path. Any failure (disk full,
+// Multi-process save, driven by trainer/train.cpp: rank 0 calls begin_checkpoint() (a fresh temp dir)
+// and tells the others its path; every rank r != 0 calls write_rank_state(tmp, r, ...); a barrier; rank 0
+// calls commit_checkpoint(), which writes the replicated weights, optimizer state and trainer_state, hashes
+// every file in the temp dir (the ranks' included) into the manifest, and renames. A crash of any rank
+// before the rename leaves the previous checkpoint current.
+std::filesystem::path begin_checkpoint(const std::filesystem::path& checkpoints_dir, int64_t step);
+void write_rank_state(const std::filesystem::path& tmp, int64_t rank, const nlohmann::json& state);
+std::filesystem::path commit_checkpoint(const std::filesystem::path& checkpoints_dir, const std::filesystem::path& tmp,
+                                        const CheckpointContents& contents);
+// ranks/rank-XXXXX.json of a verified checkpoint, if that rank wrote one.
+std::optional<nlohmann::json> read_rank_state(const std::filesystem::path& dir, int64_t rank);
+
+// Writes checkpoints_dir/step-%08d atomically (see above) and returns its path (begin + commit). Any failure (disk full,
 // I/O error) removes the temp dir and throws std::runtime_error naming the file; older checkpoints are
 // untouched. Test hook: env SFT_TEST_FAIL_WRITE_AFTER_BYTES=N makes the save fail like ENOSPC once N
 // bytes of this checkpoint are written (the file being written is left truncated, as a full disk would).
@@ -66,8 +80,8 @@ void prune_checkpoints(const std::filesystem::path& checkpoints_dir, int64_t kee
 // a missing, truncated or altered file.
 void verify_checkpoint(const std::filesystem::path& dir);
 
-// verify_checkpoint, then reads trainer_state.json, weights and this rank's optimizer shard.
-CheckpointContents read_checkpoint(const std::filesystem::path& dir, int64_t rank = 0);
+// verify_checkpoint, then reads trainer_state.json, weights and the optimizer shard.
+CheckpointContents read_checkpoint(const std::filesystem::path& dir);
 
 // What the run was made from: sha256 of the model's config.json, the tokenizer files, the data files,
 // plus the chat template name and data format. Data and model files are identified by content, so

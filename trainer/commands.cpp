@@ -34,7 +34,9 @@ struct CommandInfo {
 const std::vector<CommandInfo>& command_table() {
   static const std::vector<CommandInfo> table = {
       {"train", command_train,
-       "sft train CONFIG.yaml [key.sub=value ...] [--force] [--ignore-fingerprint] [--stop-after-steps K (test hook)]",
+       "sft train CONFIG.yaml [key.sub=value ...] [--force] [--ignore-fingerprint] [--allow-batch-change] "
+       "[--stop-after-steps K | --fail-at-step RANK:STEP | --grad-sync-after-backward (test hooks)]; multi-process: "
+       "torchrun --no-python --nproc-per-node N ... sft train ...",
        "fine-tune (LoRA, freeze or full) as the config says; outputs in output_dir"},
       {"eval", command_eval, "sft eval CONFIG.yaml [--checkpoint DIR | --adapter DIR] [--out DIR] [key.sub=value ...]",
        "score the held-out set: loss, perplexity, token accuracy (+ exact match with eval.generate)"},

@@ -78,6 +78,9 @@ void visit_fields(Config& c, V& v) {
   v("log.every_steps", c.log.every_steps, "write metrics.jsonl every N optimizer steps");
   v("log.progress", c.log.progress, "progress bar on a terminal; plain lines otherwise");
   v("log.tensorboard", c.log.tensorboard, "also write TensorBoard event files (train/*, eval/* scalars) to output_dir/tensorboard/");
+  v("dist.backend", c.dist.backend, "multi-process backend: auto|gloo|nccl (auto: NCCL on CUDA, Gloo on CPU)");
+  v("dist.timeout_s", c.dist.timeout_s, "timeout of every collective and store wait in seconds: a dead or hung rank fails the job after it");
+  v("dist.bucket_mb", c.dist.bucket_mb, "gradient allreduce bucket size in MiB (buckets start during the last micro-batch's backward)");
 }
 
 std::string describe(const YAML::Node& node) {
@@ -320,6 +323,9 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   check(c.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1");
   check(c.log.every_steps >= 1, "log.every_steps must be >= 1");
   check(!c.resume.empty(), "resume must be auto, never or a path");
+  one_of("dist.backend", c.dist.backend, {"auto", "gloo", "nccl"});
+  check(c.dist.timeout_s > 0, "dist.timeout_s must be > 0");
+  check(c.dist.bucket_mb > 0, "dist.bucket_mb must be > 0");
 }
 
 // Emits each field into a nested YAML tree.

@@ -78,6 +78,13 @@ struct CheckpointOptions {
   int64_t keep_last = 2;
 };
 
+// Multi-process data parallelism (torchrun / sft launch; trainer/process_group.h).
+struct DistOptions {
+  std::string backend = "auto";  // auto|gloo|nccl (auto: NCCL on CUDA, Gloo on CPU)
+  double timeout_s = 300;        // every collective and store wait; a dead or hung rank fails the job after this
+  double bucket_mb = 25;         // gradient allreduce bucket size (trainer/grad_sync.h)
+};
+
 struct LogOptions {
   int64_t every_steps = 10;
   bool progress = true;
@@ -95,6 +102,7 @@ struct Config {
   std::string resume = "auto";  // auto|never|PATH
   std::string output_dir;       // default: runs/<config file stem>
   LogOptions log;
+  DistOptions dist;
 };
 
 // Reads CONFIG.yaml, applies `key.sub=value` overrides, validates. Every problem found (unknown key,

@@ -88,14 +88,18 @@ GenerationScore Evaluator::generate(model::CausalLM& lm, const data::TokenizedEx
   return score;
 }
 
-EvalResult Evaluator::run(model::CausalLM& lm, const std::function<void(const ExampleScore&)>& on_example) const {
+EvalResult Evaluator::run(model::CausalLM& lm, const std::function<void(const ExampleScore&)>& on_example,
+                          Collectives* group) const {
+  const int64_t shard = group ? group->rank() : 0, shards = group ? group->world_size() : 1;
   const bool was_training = lm->is_training();
   lm->eval();
   torch::NoGradGuard no_grad;
   const AutocastScope autocast(runtime_);  // evaluate in the precision training computes in
   double loss_sum = 0;
   int64_t targets = 0, correct = 0, examples = 0, exact = 0, exact_normalized = 0;
-  for (const data::EvalBatch& eval_batch : batches_) {
+  for (size_t b = 0; b < batches_.size(); ++b) {
+    if (static_cast<int64_t>(b) % shards != shard) continue;  // another rank's batch
+    const data::EvalBatch& eval_batch = batches_[b];
     const data::Batch batch = eval_batch.batch.to(runtime_.device);
     kernels::PackedSequences seqs{batch.cu_seqlens, batch.cu_seqlens_host, batch.max_seqlen};
     at::Tensor hidden = lm->forward(batch.input_ids, batch.position_ids, seqs, runtime_.forward_options());
@@ -128,6 +132,20 @@ EvalResult Evaluator::run(model::CausalLM& lm, const std::function<void(const Ex
     }
   }
   if (was_training) lm->train();
+  if (shards > 1) {
+    // The ranks' partial sums, added in double (counts are exact in double far beyond any eval set).
+    at::Tensor sums = at::tensor({loss_sum, double(targets), double(correct), double(examples), double(exact),
+                                  double(exact_normalized)}, at::kDouble).to(group->device());
+    group->allreduce_sum(sums);
+    sums = sums.cpu();  // SYNC: once per evaluation
+    const double* v = sums.data_ptr<double>();
+    loss_sum = v[0];
+    targets = static_cast<int64_t>(v[1]);
+    correct = static_cast<int64_t>(v[2]);
+    examples = static_cast<int64_t>(v[3]);
+    exact = static_cast<int64_t>(v[4]);
+    exact_normalized = static_cast<int64_t>(v[5]);
+  }
   EvalResult result;
   result.target_tokens = targets;
   result.examples = examples;

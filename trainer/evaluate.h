@@ -14,6 +14,7 @@
 #include "model/generate.h"
 #include "model/llama.h"
 #include "trainer/config.h"
+#include "trainer/process_group.h"
 #include "trainer/setup.h"
 
 namespace sft {
@@ -65,7 +66,11 @@ class Evaluator {
   // host in example order, so results do not depend on eval.batch_size. Runs under no_grad in eval mode
   // and restores training mode. Greedy decoding draws no random numbers, so evaluating inside a
   // training run leaves its RNG stream untouched.
-  EvalResult run(model::CausalLM& model, const std::function<void(const ExampleScore&)>& on_example = {}) const;
+  // With a multi-process `group`, evaluation is sharded: rank r scores (and decodes) the eval batches b
+  // with b % world_size == r, on_example sees only those, and the totals are SUM-allreduced, so every
+  // rank returns the single-process summary (the same loss up to double rounding, the same counts).
+  EvalResult run(model::CausalLM& model, const std::function<void(const ExampleScore&)>& on_example = {},
+                 Collectives* group = nullptr) const;
 
  private:
   GenerationScore generate(model::CausalLM& model, const data::TokenizedExample& example) const;

@@ -36,14 +36,14 @@ kernels::AttentionResolveOptions attention_resolve_options(const Config& config,
 }
 }  // namespace
 
-Runtime resolve_runtime(const Config& config) {
+Runtime resolve_runtime(const Config& config, int64_t cuda_index) {
   Runtime runtime;
   const bool cuda_available = torch::cuda::is_available();
   if (config.train.device == "cuda") {
     if (!cuda_available) throw InputError("train.device: cuda was requested but no CUDA device is available");
-    runtime.device = at::Device(at::kCUDA, 0);
+    runtime.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index));
   } else if (config.train.device == "auto" && cuda_available) {
-    runtime.device = at::Device(at::kCUDA, 0);
+    runtime.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index));
   }
   runtime.autocast_dtype = resolve_mixed_precision(config, runtime.device);
   if (config.model.dtype != "auto") {

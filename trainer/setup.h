@@ -30,8 +30,8 @@ struct Runtime {
 
 // device auto -> cuda when available; mixed_precision auto -> bf16 on CUDA (unless model.dtype is float32
 // or float16), none on CPU; dtype auto -> the autocast dtype with mixed precision, else float32 on CPU and
-// bfloat16 on CUDA; sets threads.
-Runtime resolve_runtime(const Config& config);
+// bfloat16 on CUDA; sets threads. cuda_index: the CUDA device (LOCAL_RANK in a multi-process run).
+Runtime resolve_runtime(const Config& config, int64_t cuda_index = 0);
 
 // train.mixed_precision resolved for a device: the autocast dtype, or empty for none.
 std::optional<at::ScalarType> resolve_mixed_precision(const Config& config, const at::Device& device);

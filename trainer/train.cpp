@@ -1,20 +1,24 @@
-// trainer/train.cpp: `sft train`. Setup lives in named helpers; train_step() is the whole optimizer step
-// (micro-batches -> masked loss -> backward -> clip -> AdamW) with one host sync per step. Checkpoints
-// (every checkpoint.every_steps, at the end, and on SIGTERM/SIGINT) and resume are named helpers around
-// the loop: save_checkpoint() / resume_from_checkpoint(); the step itself knows nothing about them.
+// trainer/train.cpp: `sft train`, single- or multi-process (torchrun / sft launch). Setup lives in named
+// helpers; train_step() is the whole optimizer step (this rank's share of the step's global micro-batches
+// -> masked loss -> backward, whose hooks start the gradient allreduce -> one visible wait -> clip ->
+// one small allreduce of loss and stop flag, the step's only host sync -> AdamW). Checkpoints (every
+// checkpoint.every_steps, at the end, and on SIGTERM/SIGINT) and resume are named helpers around the loop:
+// save_checkpoint() / resume_from_checkpoint(); the step itself knows nothing about them.
+//
+// Data parallelism is exact: a step takes grad_accum x world_size consecutive global micro-batches of the
+// one global sample order; global micro-batch j of the step belongs to rank j / grad_accum. Every rank
+// knows the step's global target count from the plan (no communication) and backprops
+// micro_loss / global_targets; the gradient SUM over ranks is then the gradient of the step's loss, and
+// N ranks x grad_accum g equals 1 rank x grad_accum N*g. LoRA dropout draws from a generator reseeded
+// from (train.seed, global micro-batch index) before each micro-batch, so it does not depend on which
+// rank runs the micro-batch either.
 #include "trainer/train.h"
 
 #include <torch/torch.h>
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/file.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <fstream>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -30,10 +34,17 @@
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
 #include "trainer/export.h"
+#include "trainer/grad_sync.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/process_group.h"
+#include "trainer/rank_checks.h"
+#include "trainer/run_dir.h"
+#include "trainer/run_lock.h"
 #include "trainer/schedule.h"
 #include "trainer/setup.h"
+#include "trainer/stop_signals.h"
+#include "trainer/trainer_state.h"
 #include "trainer/train_logs.h"
 
 namespace sft {
@@ -45,27 +56,33 @@ namespace {
 struct TrainContext {
   Config config;
   Runtime runtime;
+  std::unique_ptr<Collectives> group;        // the ranks (a world of one when single-process)
   model::CausalLM model{nullptr};
   std::vector<NamedParameter> params;  // trainable only
   std::unique_ptr<AdamW> optimizer;
-  std::unique_ptr<data::BatchLoader> loader;
+  std::unique_ptr<data::BatchLoader> loader;  // the GLOBAL sample order (planned as rank 0 of 1)
   ScheduleSpec schedule;
   int64_t step = 0;              // optimizer steps completed
   int64_t total_steps = 0;
-  int64_t total_micro_batches = 0;
-  int64_t micro_batches_done = 0;
+  int64_t total_micro_batches = 0;  // global
+  int64_t micro_batches_done = 0;   // global
   nlohmann::json fingerprint;     // what this run is made from (trainer/checkpoint.h)
   int64_t last_saved_step = -1;   // newest checkpoint on disk, so the end of training does not save twice
   double elapsed_before_s = 0;    // training time of earlier attempts (a resumed run continues the clock)
   // The metrics window: steps since the last metrics.jsonl line. Saved in checkpoints so a resumed run
-  // logs the same averages as an uninterrupted one.
+  // logs the same averages as an uninterrupted one. Tokens are global (all ranks).
   double window_loss = 0;
   int64_t window_steps = 0, window_tokens = 0, window_targets = 0;
+  double window_comm_s = 0;       // rank 0's time blocked on the gradient allreduce (not checkpointed)
+  // Hook-driven bucket allreduce (inert in a world of one). Last: it unhooks `params` when destroyed.
+  std::unique_ptr<GradientBuckets> grad_sync;
 };
 
 struct StepStats {
   double loss = 0, grad_norm = 0, lr = 0;
-  int64_t tokens = 0, target_tokens = 0;
+  int64_t tokens = 0, target_tokens = 0;  // global: every rank's micro-batches of this step
+  bool stop = false;                      // some rank was asked to stop: all stop after this step
+  double comm_wait_s = 0;                 // exposed gradient communication on this rank
 };
 
 // Sum of target-token cross-entropies of one micro-batch: lm_head runs on target positions only, so
@@ -88,36 +105,86 @@ class NonFiniteError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// ---- TRAINING STEP BEGIN ----
-StepStats train_step(TrainContext& ctx) {
-  // 1. This step's micro-batches (the last step of a run may have fewer than grad_accum).
-  const int64_t remaining = ctx.total_micro_batches - ctx.micro_batches_done;
-  const int64_t n_micro = std::min<int64_t>(ctx.config.train.grad_accum, remaining);
-  std::vector<data::Batch> micro_batches;
-  StepStats stats;
-  for (int64_t i = 0; i < n_micro; ++i) {
-    micro_batches.push_back(ctx.loader->next());
-    stats.tokens += micro_batches.back().num_real_tokens;
-    stats.target_tokens += micro_batches.back().num_targets;
+// Dropout (LoRA) of global micro-batch `index` draws from the default generators reseeded from
+// (train.seed, index), so it is the same whichever rank, world size or resume point runs it. Gradient
+// checkpointing replays the generator state it saw in the forward (model/llama.cpp).
+void seed_micro_batch_rng(const TrainContext& ctx, int64_t index) {
+  data::SplitMix64 mix(static_cast<uint64_t>(ctx.config.train.seed) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(index));
+  const uint64_t seed = mix.next();
+  at::Generator cpu = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(cpu.mutex());
+    cpu.set_current_seed(seed);
   }
-  ctx.micro_batches_done += n_micro;
+  if (ctx.runtime.device.is_cuda()) {
+    at::Generator gen = at::globalContext().defaultGenerator(ctx.runtime.device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed);
+  }
+}
 
-  // 2. Forward/backward. The loss is the mean over every target token of the whole step (known on the
-  //    host), not a mean of per-micro-batch means: uneven micro-batches weigh by their targets.
+// ---- TRAINING STEP BEGIN ----
+StepStats train_step(TrainContext& ctx, const StopSignals& signals, bool stop_hook) {
+  // 1. This step's global micro-batches (grad_accum x world_size; the last step of a run may have fewer).
+  //    Global micro-batch j goes to rank j / grad_accum; every rank walks all of them to count tokens
+  //    and targets from the plan, and builds only its own.
+  const int64_t accum = ctx.config.train.grad_accum;
+  const int64_t remaining = ctx.total_micro_batches - ctx.micro_batches_done;
+  const int64_t n_global = std::min<int64_t>(accum * ctx.group->world_size(), remaining);
+  std::vector<data::Batch> micro_batches;
+  std::vector<int64_t> global_index;  // of each of this rank's micro-batches, in the whole run
+  StepStats stats;
+  for (int64_t j = 0; j < n_global; ++j) {
+    if (j / accum == ctx.group->rank()) {
+      micro_batches.push_back(ctx.loader->next());
+      global_index.push_back(ctx.micro_batches_done + j);
+      stats.tokens += micro_batches.back().num_real_tokens;
+      stats.target_tokens += micro_batches.back().num_targets;
+    } else {
+      const data::MicroBatchCounts counts = ctx.loader->skip();
+      stats.tokens += counts.real_tokens;
+      stats.target_tokens += counts.targets;
+    }
+  }
+  ctx.micro_batches_done += n_global;
+
+  // 2. Forward/backward. The loss is the mean over every target token of the whole global step (known on
+  //    the host), not a mean of per-micro-batch means: uneven micro-batches weigh by their targets. The
+  //    backward of this rank's last micro-batch with targets is armed: its post-accumulate-grad hooks
+  //    start the bucket allreduces while the rest of the backward runs (earlier ones only accumulate).
   const double step_targets = static_cast<double>(stats.target_tokens);
+  int64_t last_with_targets = -1;
+  for (size_t k = 0; k < micro_batches.size(); ++k) {
+    if (micro_batches[k].num_targets > 0) last_with_targets = static_cast<int64_t>(k);
+  }
   at::Tensor loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(ctx.runtime.device));
-  for (const data::Batch& host_batch : micro_batches) {
-    if (host_batch.num_targets == 0) continue;  // nothing supervised: no loss, no NaN
-    const data::Batch batch = host_batch.to(ctx.runtime.device);
+  for (size_t k = 0; k < micro_batches.size(); ++k) {
+    if (micro_batches[k].num_targets == 0) continue;  // nothing supervised: no loss, no NaN
+    if (static_cast<int64_t>(k) == last_with_targets) ctx.grad_sync->arm();
+    seed_micro_batch_rng(ctx, global_index[k]);
+    const data::Batch batch = micro_batches[k].to(ctx.runtime.device);
     at::Tensor micro_loss = masked_loss_sum(ctx.model, batch, ctx.runtime);
     (micro_loss / step_targets).backward();
     loss_sum += micro_loss.detach();
   }
 
-  // 3. Clip by global norm, then the step's only host sync: loss and norm.
+  // 3. Gradient sync: wait for every bucket's SUM allreduce (those whose hooks never fired start now).
+  //    The gradients are then the same on every rank, and so are the clipping and the update.
+  stats.comm_wait_s = ctx.grad_sync->wait();
+
+  // 4. Clip by global norm, then agree on the step's loss and on stopping (a SIGTERM/SIGINT seen by any
+  //    rank during this step, or the --stop-after-steps hook): one allreduce of [loss_sum, stop], the
+  //    step's only host sync (with the grad norm read).
   at::Tensor grad_norm = clip_grad_norm(ctx.params, ctx.config.train.max_grad_norm);
-  stats.loss = step_targets > 0 ? loss_sum.item<double>() / step_targets : 0.0;  // SYNC
-  stats.grad_norm = grad_norm.item<double>();                                   // SYNC
+  const bool stop_here = signals.requested() || stop_hook;
+  at::Tensor agreed = at::stack({loss_sum.to(at::kDouble), at::scalar_tensor(stop_here ? 1.0 : 0.0,
+                                                                               loss_sum.options().dtype(at::kDouble))});
+  if (ctx.group->distributed()) agreed = agreed.to(ctx.group->device());
+  ctx.group->allreduce_sum(agreed);
+  const at::Tensor agreed_host = agreed.cpu();  // SYNC
+  stats.stop = agreed_host[1].item<double>() > 0;
+  stats.loss = step_targets > 0 ? agreed_host[0].item<double>() / step_targets : 0.0;
+  stats.grad_norm = grad_norm.item<double>();  // SYNC
   if (!std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm)) {
     throw NonFiniteError("non-finite " + std::string(std::isfinite(stats.loss) ? "gradient norm" : "loss") +
                          " at step " + std::to_string(ctx.step + 1) + " (loss " + std::to_string(stats.loss) +
@@ -125,7 +192,7 @@ StepStats train_step(TrainContext& ctx) {
                          "): stopped before the optimizer step; earlier checkpoints are intact");
   }
 
-  // 4. AdamW with this step's scheduled learning rate. A step without a single target has no gradient:
+  // 5. AdamW with this step's scheduled learning rate. A step without a single target has no gradient:
   //    weights, moments and AdamW's step count stay as they are (no weight decay either, as
   //    torch.optim.AdamW skips parameters whose grad is None); the schedule still advances.
   stats.lr = lr_at(ctx.step, ctx.schedule);
@@ -137,126 +204,18 @@ StepStats train_step(TrainContext& ctx) {
 // ---- TRAINING STEP END ----
 
 // ---------------------------------------------------------------------------------------------------
-// Stop signals. The flag is the one unavoidable piece of process-wide state: a signal handler can reach
-// nothing else. It is a function-local static lock-free atomic, set by the handler and read between
-// optimizer steps, so a SIGTERM/SIGINT lets the current step finish, then the loop saves and exits 0.
-
-std::atomic<bool>& stop_flag() {
-  static std::atomic<bool> flag{false};
-  return flag;
-}
-
-extern "C" void on_stop_signal(int /*signo*/) { stop_flag().store(true); }
-
-// Installs the handlers for the lifetime of the run. SA_RESETHAND: a second Ctrl-C kills at once, for a
-// user who does not want to wait for the step and the save.
-class StopSignals {
- public:
-  StopSignals() {
-    stop_flag().store(false);
-    struct sigaction action {};
-    action.sa_handler = on_stop_signal;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESETHAND;
-    sigaction(SIGTERM, &action, &old_term_);
-    sigaction(SIGINT, &action, &old_int_);
-  }
-  ~StopSignals() {
-    sigaction(SIGTERM, &old_term_, nullptr);
-    sigaction(SIGINT, &old_int_, nullptr);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  bool requested() const { return stop_flag().load(); }
-
- private:
-  struct sigaction old_term_ {};
-  struct sigaction old_int_ {};
-};
-
-// ---------------------------------------------------------------------------------------------------
-// One run per output_dir: two processes saving and pruning the same checkpoints/ would delete each
-// other's files. An flock on output_dir/.sft.lock is released by the kernel when the process dies
-// (even by SIGKILL), so a crashed run never leaves a stale lock behind.
-class OutputDirLock {
- public:
-  explicit OutputDirLock(const fs::path& dir) {
-    fs::create_directories(dir);
-    const fs::path path = dir / ".sft.lock";
-    fd_ = ::open(path.c_str(), O_CREAT | O_RDWR, 0644);
-    if (fd_ < 0) throw std::runtime_error(path.string() + ": cannot open the run lock");
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      ::close(fd_);
-      throw InputError("output_dir '" + dir.string() + "' is in use by another running `sft train` (" +
-                       path.string() + " is locked)");
-    }
-  }
-  ~OutputDirLock() { ::close(fd_); }
-  OutputDirLock(const OutputDirLock&) = delete;
-  OutputDirLock& operator=(const OutputDirLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
-
-// ---------------------------------------------------------------------------------------------------
 // Setup helpers
-
-bool dir_holds_run(const fs::path& dir) { return fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "checkpoints"); }
-
-void wipe_run(const fs::path& dir) {
-  for (const char* name : {"metrics.jsonl", "eval.jsonl", "data_report.json", "config.yaml"}) fs::remove(dir / name);
-  fs::remove_all(dir / "checkpoints");
-  fs::remove_all(dir / "adapter");
-  fs::remove_all(dir / "model");
-  fs::remove_all(dir / "tensorboard");
-}
-
-// Decides between a fresh start and a resume, and prepares output_dir accordingly:
-//   resume: auto   the newest complete checkpoint in output_dir/checkpoints; none but an existing run:
-//                  refuse unless --force (which starts fresh)
-//   resume: never  fresh; an existing run is refused unless --force
-//   resume: PATH   that checkpoint (output_dir is kept as is)
-// Returns the checkpoint to resume from, if any.
-std::optional<fs::path> prepare_output_dir(const Config& config, bool force) {
-  const fs::path dir = config.output_dir;
-  const bool has_run = dir_holds_run(dir);
-  std::optional<fs::path> checkpoint;
-  if (config.resume != "auto" && config.resume != "never") {
-    checkpoint = fs::path(config.resume);
-    if (!fs::is_directory(*checkpoint)) {
-      throw InputError("resume: '" + config.resume + "' is not a checkpoint directory (use auto, never or a path)");
-    }
-  } else if (config.resume == "auto" && !force) {
-    if (auto newest = newest_complete_checkpoint(dir / "checkpoints")) checkpoint = newest->path;
-  }
-  if (!checkpoint && has_run) {
-    if (!force) {
-      throw InputError("output_dir '" + dir.string() + "' already holds a run" +
-                       (config.resume == "auto" ? " but no complete checkpoint to resume from" : "") +
-                       "; pass --force to overwrite it (or set output_dir elsewhere)");
-    }
-    wipe_run(dir);
-  }
-  fs::create_directories(dir);
-  return checkpoint;
-}
-
-void write_text_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  if (!out.flush()) throw std::runtime_error("cannot write " + path.string());
-}
 
 void plan_steps(TrainContext& ctx) {
   const TrainOptions& t = ctx.config.train;
   const int64_t per_epoch = ctx.loader->micro_batches_per_epoch();
+  const int64_t per_step = t.grad_accum * ctx.group->world_size();  // global micro-batches per step
   if (t.max_steps > 0) {
     ctx.total_steps = t.max_steps;
-    ctx.total_micro_batches = t.max_steps * t.grad_accum;
+    ctx.total_micro_batches = t.max_steps * per_step;
   } else {
     ctx.total_micro_batches = t.epochs * per_epoch;
-    ctx.total_steps = (ctx.total_micro_batches + t.grad_accum - 1) / t.grad_accum;
+    ctx.total_steps = (ctx.total_micro_batches + per_step - 1) / per_step;
   }
   ctx.schedule.kind = t.scheduler;
   ctx.schedule.peak_lr = t.lr;
@@ -284,70 +243,75 @@ double elapsed_s(const TrainContext& ctx, std::chrono::steady_clock::time_point 
   return ctx.elapsed_before_s + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-nlohmann::json trainer_state(const TrainContext& ctx, double elapsed) {
-  const double per_epoch = static_cast<double>(ctx.loader->micro_batches_per_epoch());
-  return {
-      {"format_version", 1},
-      {"global_step", ctx.step},
-      {"micro_batches_done", ctx.micro_batches_done},
-      {"epoch", ctx.micro_batches_done / per_epoch},
-      {"total_steps", ctx.total_steps},
-      {"world_size", 1},
-      {"sampler", ctx.loader->state().to_json()},
-      {"scheduler", {{"kind", ctx.schedule.kind}, {"peak_lr", ctx.schedule.peak_lr},
-                     {"warmup_steps", ctx.schedule.warmup_steps}, {"total_steps", ctx.schedule.total_steps},
-                     {"min_lr_ratio", ctx.schedule.min_lr_ratio}, {"next_step", ctx.step}}},
-      {"rng", capture_rng_state()},
-      {"log_window", {{"loss_sum", ctx.window_loss}, {"steps", ctx.window_steps}, {"tokens", ctx.window_tokens},
-                      {"target_tokens", ctx.window_targets}}},
-      {"elapsed_s", elapsed},
-      {"finetune_method", ctx.config.finetune.method},
-      {"config_yaml", config_to_yaml(ctx.config)},
-      {"fingerprint", ctx.fingerprint},
-  };
+TrainerState trainer_state(const TrainContext& ctx, double elapsed) {
+  TrainerState s;
+  s.global_step = ctx.step;
+  s.micro_batches_done = ctx.micro_batches_done;
+  s.epoch = ctx.micro_batches_done / static_cast<double>(ctx.loader->micro_batches_per_epoch());
+  s.total_steps = ctx.total_steps;
+  s.world_size = ctx.group->world_size();
+  s.micro_batch_size = ctx.config.train.micro_batch_size;
+  s.grad_accum = ctx.config.train.grad_accum;
+  s.sampler = ctx.loader->state();
+  s.schedule = ctx.schedule;
+  s.rng = capture_rng_state();
+  s.window_loss = ctx.window_loss;
+  s.window_steps = ctx.window_steps;
+  s.window_tokens = ctx.window_tokens;
+  s.window_targets = ctx.window_targets;
+  s.elapsed_s = elapsed;
+  s.finetune_method = ctx.config.finetune.method;
+  s.config_yaml = config_to_yaml(ctx.config);
+  s.fingerprint = ctx.fingerprint;
+  return s;
 }
 
+// The commit protocol (trainer/checkpoint.h): rank 0 opens the temp dir and names it to the others;
+// each other rank writes what only it has (its RNG state); barrier; rank 0 writes the replicated
+// weights and optimizer state, the manifest last, and renames; barrier, so no rank runs ahead of a save
+// that failed. Single-process: one write_checkpoint().
 void save_checkpoint(TrainContext& ctx, const fs::path& out_dir, double elapsed) {
   if (ctx.last_saved_step == ctx.step) return;
+  Collectives& group = *ctx.group;
+  const fs::path checkpoints = out_dir / "checkpoints";
   CheckpointContents contents;
-  contents.step = ctx.step;
-  for (const NamedParameter& p : ctx.params) contents.weights.emplace_back(p.name, p.tensor.detach());
-  contents.optimizer = ctx.optimizer->state_tensors();
-  contents.trainer_state = trainer_state(ctx, elapsed);
-  const fs::path dir = write_checkpoint(out_dir / "checkpoints", contents);
-  ctx.last_saved_step = ctx.step;
-  prune_checkpoints(out_dir / "checkpoints", ctx.config.checkpoint.keep_last);
-  std::cerr << "checkpoint: " << dir.string() << "\n";
-}
-
-// Keeps the lines of a JSONL log whose "step" is <= `step` (a resumed run rewrites what came after).
-void truncate_jsonl_after(const fs::path& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::ifstream in(path);
-  std::string kept, line;
-  while (std::getline(in, line)) {
-    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    // A torn last line (killed mid-write) is dropped along with later steps.
-    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= step) {
-      kept += line + "\n";
-    }
+  if (group.is_main()) {
+    contents.step = ctx.step;
+    for (const NamedParameter& p : ctx.params) contents.weights.emplace_back(p.name, p.tensor.detach());
+    contents.optimizer = ctx.optimizer->state_tensors();
+    contents.trainer_state = trainer_state(ctx, elapsed).to_json();
   }
-  in.close();
-  const fs::path tmp = path.string() + ".tmp";
-  write_text_file(tmp, kept);
-  fs::rename(tmp, path);
+  fs::path dir;
+  if (!group.distributed()) {
+    dir = write_checkpoint(checkpoints, contents);
+  } else {
+    const std::string step = std::to_string(ctx.step);
+    const fs::path tmp = decide_on_main(group, "checkpoint-begin/" + step,
+                                        [&] { return begin_checkpoint(checkpoints, ctx.step).string(); });
+    if (!group.is_main()) write_rank_state(tmp, group.rank(), {{"rank", group.rank()}, {"rng", capture_rng_state()}});
+    group.barrier();
+    const std::string committed =
+        decide_on_main(group, "checkpoint-commit/" + step, [&] { return commit_checkpoint(checkpoints, tmp, contents).string(); });
+    dir = committed;
+  }
+  ctx.last_saved_step = ctx.step;
+  if (group.is_main()) {
+    prune_checkpoints(checkpoints, ctx.config.checkpoint.keep_last);
+    std::cerr << "checkpoint: " << dir.string() << "\n";
+  }
 }
 
 // Loads a checkpoint into the fully set-up context. Order matters for bit-exact resume: setup has already
 // drawn LoRA's initial A from the seeded generator exactly as a fresh run does; the saved tensors then
-// replace the trainable weights, and the generator state is restored last.
-void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_fingerprint) {
+// replace the trainable weights, and the generator state is restored last (this rank's own, when the
+// checkpoint has one for it; else rank 0's).
+void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_fingerprint, bool allow_batch_change) {
   const CheckpointContents ckpt = read_checkpoint(dir);
   const std::string state_label = (dir / kCheckpointState).string();
-  const nlohmann::json& state = ckpt.trainer_state;
+  const TrainerState state = TrainerState::from_json(ckpt.trainer_state, state_label);
+  const bool main = ctx.group->is_main();
 
-  const std::vector<std::string> changes = fingerprint_differences(state.value("fingerprint", nlohmann::json::object()),
-                                                                   ctx.fingerprint);
+  const std::vector<std::string> changes = fingerprint_differences(state.fingerprint, ctx.fingerprint);
   if (!changes.empty()) {
     std::string text;
     for (const std::string& c : changes) text += "\n  - " + c;
@@ -355,13 +319,17 @@ void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_
       throw InputError("cannot resume from " + dir.string() + ": the run's inputs changed since it was saved:" + text +
                        "\npass --ignore-fingerprint to resume anyway (a deliberate change), or resume: never");
     }
-    std::cerr << "warning: resuming from " << dir.string() << " although its inputs changed (--ignore-fingerprint):"
-              << text << "\n";
+    if (main) {
+      std::cerr << "warning: resuming from " << dir.string() << " although its inputs changed (--ignore-fingerprint):"
+                << text << "\n";
+    }
   }
-  if (state.value("finetune_method", ctx.config.finetune.method) != ctx.config.finetune.method) {
-    throw InputError(state_label + ": saved by a finetune.method " + state.value("finetune_method", std::string()) +
+  if (!state.finetune_method.empty() && state.finetune_method != ctx.config.finetune.method) {
+    throw InputError(state_label + ": saved by a finetune.method " + state.finetune_method +
                      " run, but finetune.method is now " + ctx.config.finetune.method);
   }
+  check_global_batch(state, ctx.config.train.micro_batch_size, ctx.config.train.grad_accum, ctx.group->world_size(),
+                     state_label, allow_batch_change);
 
   // Trainable weights: exactly our trainable parameters, by name and shape.
   const std::string weights_label = (dir / kCheckpointWeights).string();
@@ -385,56 +353,86 @@ void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_
   }
   ctx.optimizer->load_state(ckpt.optimizer, (dir / optimizer_shard_name(0)).string());
 
-  // Step counters, sampler, schedule position, metrics window.
-  ctx.step = ckpt.step;
-  ctx.micro_batches_done = state.at("micro_batches_done").get<int64_t>();
-  ctx.loader->restore(data::SamplerState::from_json(state.at("sampler"), state_label));
-  const int64_t saved_total = state.value("total_steps", ctx.total_steps);
-  if (saved_total != ctx.total_steps) {
+  // Step counters, global sampler position, schedule position, metrics window.
+  ctx.step = state.global_step;
+  ctx.micro_batches_done = state.micro_batches_done;
+  ctx.loader->restore(state.sampler);
+  if (state.total_steps != ctx.total_steps && main) {
     std::cerr << "warning: the run now has " << ctx.total_steps << " optimizer steps, the checkpoint was made for "
-              << saved_total << ": the learning-rate schedule continues on the new length\n";
+              << state.total_steps << ": the learning-rate schedule continues on the new length\n";
   }
-  const nlohmann::json window = state.value("log_window", nlohmann::json::object());
-  ctx.window_loss = window.value("loss_sum", 0.0);
-  ctx.window_steps = window.value("steps", int64_t{0});
-  ctx.window_tokens = window.value("tokens", int64_t{0});
-  ctx.window_targets = window.value("target_tokens", int64_t{0});
-  ctx.elapsed_before_s = state.value("elapsed_s", 0.0);
+  ctx.window_loss = state.window_loss;
+  ctx.window_steps = state.window_steps;
+  ctx.window_tokens = state.window_tokens;
+  ctx.window_targets = state.window_targets;
+  ctx.elapsed_before_s = state.elapsed_s;
   ctx.last_saved_step = ctx.step;
-  restore_rng_state(state.at("rng"), state_label);
+  const std::optional<nlohmann::json> own = ctx.group->rank() > 0 && state.world_size == ctx.group->world_size()
+                                                ? read_rank_state(dir, ctx.group->rank())
+                                                : std::nullopt;
+  restore_rng_state(own ? own->at("rng") : state.rng, state_label);
 }
 
-}  // namespace
-
-int command_train(const std::vector<std::string>& args) {
-  // --ignore-fingerprint: resume even though the model config, tokenizer, template or data changed.
-  // --stop-after-steps K: test hook; behaves exactly as a SIGTERM arriving during step K (save, exit 0).
-  CommandLine cli("train", args, {"--stop-after-steps"}, {"--force", "--ignore-fingerprint"});
-  if (cli.positional().size() != 1) {
-    throw InputError("usage: sft train CONFIG.yaml [key.sub=value ...] [--force] [--ignore-fingerprint]");
+void print_eval_line(int64_t step, const EvalResult& r) {
+  char text[200];
+  std::snprintf(text, sizeof(text), "eval step %lld: loss %.4f  ppl %.3f  token_accuracy %.4f",
+                static_cast<long long>(step), r.loss, r.perplexity, r.token_accuracy);
+  std::cerr << text;
+  if (r.exact_match) {
+    std::snprintf(text, sizeof(text), "  exact_match %.4f (normalized %.4f)", *r.exact_match, *r.exact_match_normalized);
+    std::cerr << text;
   }
+  std::cerr << "\n";
+}
+
+// "RANK:STEP" of the --fail-at-step test hook.
+std::pair<int64_t, int64_t> parse_fail_at(const std::optional<std::string>& text) {
+  if (!text) return {-1, -1};
+  const size_t colon = text->find(':');
+  try {
+    if (colon != std::string::npos) return {std::stoll(text->substr(0, colon)), std::stoll(text->substr(colon + 1))};
+  } catch (const std::exception&) {
+  }
+  throw InputError("--fail-at-step: expected RANK:STEP, got '" + *text + "'");
+}
+
+// The run itself, on this rank (a world of one when single-process).
+int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
+  StopSignals stop_signals;  // first: a SIGTERM during start-up stops after step 1 instead of killing
   const int64_t stop_after = cli.integer("--stop-after-steps", -1);
+  const auto [fail_rank, fail_step] = parse_fail_at(cli.value("--fail-at-step"));
   TrainContext ctx;
   ctx.config = load_config(cli.positional()[0], cli.overrides());
-  ctx.runtime = resolve_runtime(ctx.config);
-  const OutputDirLock lock(ctx.config.output_dir);
-  const std::optional<fs::path> resume_dir = prepare_output_dir(ctx.config, cli.has("--force"));
+  ctx.runtime = resolve_runtime(ctx.config, env.distributed() ? env.local_rank : 0);
+  const std::string backend = env.distributed() ? resolve_backend(ctx.config.dist, ctx.runtime.device) : "none";
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(ctx.config.dist.timeout_s * 1000));
+  ctx.group = Collectives::connect(env, backend, timeout);
+  Collectives& group = *ctx.group;
+  const bool main = group.is_main();
+
+  // Rank 0 owns output_dir: it holds the run lock and decides fresh start vs resume; every rank follows.
+  std::optional<OutputDirLock> lock;
+  const std::string resume_text = decide_on_main(group, "output-dir", [&] {
+    lock.emplace(ctx.config.output_dir);
+    const std::optional<fs::path> dir = prepare_output_dir(ctx.config, cli.has("--force"));
+    return dir ? dir->string() : std::string();
+  });
+  const std::optional<fs::path> resume_dir = resume_text.empty() ? std::nullopt : std::optional<fs::path>(resume_text);
   const fs::path out_dir = ctx.config.output_dir;
   if (resume_dir && !fs::exists(*resume_dir / kCheckpointManifest)) {  // fail fast; hashes are checked on load
     throw InputError((*resume_dir / kCheckpointManifest).string() + ": missing: not a complete checkpoint");
   }
-  StopSignals stop_signals;
-  write_text_file(out_dir / "config.yaml", config_to_yaml(ctx.config));
+  if (main) write_text_file(out_dir / "config.yaml", config_to_yaml(ctx.config));
   torch::manual_seed(static_cast<uint64_t>(ctx.config.train.seed));
 
   // Data first: a bad dataset fails before the model is loaded.
   auto tokenizer = load_tokenizer_if_needed(ctx.config);
   const model::ModelConfig model_config = model::load_model_config(ctx.config.model.path);
   data::PreparedData data = load_run_data(ctx.config, tokenizer.get(), model_config.vocab_size);
-  write_text_file(out_dir / "data_report.json", data.report.to_json().dump(2) + "\n");
+  if (main) write_text_file(out_dir / "data_report.json", data.report.to_json().dump(2) + "\n");
   ctx.fingerprint = run_fingerprint(ctx.config);
   const int32_t pad_id = run_pad_id(tokenizer.get());
-  data::LoaderOptions loader_options;
+  data::LoaderOptions loader_options;  // rank 0 of 1: the global order (train_step splits it across ranks)
   loader_options.micro_batch_size = ctx.config.train.micro_batch_size;
   loader_options.max_seq_len = ctx.config.data.max_seq_len;
   loader_options.packing = ctx.config.data.packing;
@@ -450,89 +448,137 @@ int command_train(const std::vector<std::string>& args) {
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : ctx.model->named_parameters()) named.emplace_back(item.key(), item.value());
   ctx.params = trainable_parameters(named);
+  check_ranks_agree(group, {config_to_yaml(ctx.config), ctx.fingerprint, trainable_weights_sha256(ctx.params)});
   const auto& betas = ctx.config.train.adam_betas;
   ctx.optimizer = std::make_unique<AdamW>(
       ctx.params, AdamWOptions{betas[0], betas[1], ctx.config.train.adam_eps, ctx.config.train.weight_decay});
   plan_steps(ctx);
   if (resume_dir) {
-    resume_from_checkpoint(ctx, *resume_dir, cli.has("--ignore-fingerprint"));
-    truncate_jsonl_after(out_dir / "metrics.jsonl", ctx.step);
-    truncate_jsonl_after(out_dir / "eval.jsonl", ctx.step);
+    resume_from_checkpoint(ctx, *resume_dir, cli.has("--ignore-fingerprint"), cli.has("--allow-batch-change"));
+    if (main) {
+      truncate_jsonl_after(out_dir / "metrics.jsonl", ctx.step);
+      truncate_jsonl_after(out_dir / "eval.jsonl", ctx.step);
+    }
+  }
+  ctx.grad_sync = set_up_grad_sync(ctx.params, group, ctx.config.dist.bucket_mb, !cli.has("--grad-sync-after-backward"));
+
+  if (main) {
+    std::cerr << "sft train: " << ctx.config.model.path << " (" << model_config.model_type << "), method "
+              << ctx.config.finetune.method << ", " << summary.describe() << "\n"
+              << "  " << data.train.size() << " train / " << data.eval.size() << " eval examples, "
+              << ctx.loader->micro_batches_per_epoch() << " micro-batches per epoch, " << ctx.total_steps
+              << " optimizer steps, device " << ctx.runtime.device.str() << "\n";
+    if (group.distributed()) {
+      std::cerr << "  " << group.world_size() << " processes (" << group.backend_name() << "), global batch "
+                << ctx.config.train.micro_batch_size * ctx.config.train.grad_accum * group.world_size()
+                << " rows, " << ctx.grad_sync->num_buckets() << " gradient buckets\n";
+    }
+    if (resume_dir) std::cerr << "  resuming from " << resume_dir->string() << " at step " << ctx.step << "\n";
   }
 
-  std::cerr << "sft train: " << ctx.config.model.path << " (" << model_config.model_type << "), method "
-            << ctx.config.finetune.method << ", " << summary.describe() << "\n"
-            << "  " << data.train.size() << " train / " << data.eval.size() << " eval examples, "
-            << ctx.loader->micro_batches_per_epoch() << " micro-batches per epoch, " << ctx.total_steps
-            << " optimizer steps, device " << ctx.runtime.device.str() << "\n";
-  if (resume_dir) std::cerr << "  resuming from " << resume_dir->string() << " at step " << ctx.step << "\n";
-
-  // metrics.jsonl, eval.jsonl and (log.tensorboard) TensorBoard event files; multi-process: rank 0 only.
-  TrainLogs logs(out_dir, ctx.config.log.tensorboard, ctx.step);
-  auto run_eval = [&](int64_t step) {
+  // metrics.jsonl, eval.jsonl and (log.tensorboard) TensorBoard event files: rank 0 only.
+  std::optional<TrainLogs> logs;
+  if (main) logs.emplace(out_dir, ctx.config.log.tensorboard, ctx.step);
+  auto run_eval = [&](int64_t step) {  // sharded across the ranks; rank 0 writes the reduced summary
     if (evaluator.empty()) return;
-    const EvalResult r = evaluator.run(ctx.model);
+    const EvalResult r = evaluator.run(ctx.model, {}, &group);
+    if (!main) return;
     nlohmann::json line = r.to_json();
     line["step"] = step;
-    logs.write_eval(line);
-    char text[200];
-    std::snprintf(text, sizeof(text), "eval step %lld: loss %.4f  ppl %.3f  token_accuracy %.4f",
-                  static_cast<long long>(step), r.loss, r.perplexity, r.token_accuracy);
-    std::cerr << text;
-    if (r.exact_match) {
-      std::snprintf(text, sizeof(text), "  exact_match %.4f (normalized %.4f)", *r.exact_match, *r.exact_match_normalized);
-      std::cerr << text;
-    }
-    std::cerr << "\n";
+    logs->write_eval(line);
+    print_eval_line(step, r);
   };
 
-  ProgressDisplay progress(ctx.total_steps, ctx.config.log.progress);
+  ProgressDisplay progress(ctx.total_steps, main && ctx.config.log.progress);
   const auto start = std::chrono::steady_clock::now();
   auto window_start = start;
   const int64_t every = ctx.config.checkpoint.every_steps;
   while (ctx.step < ctx.total_steps) {
-    const StepStats stats = train_step(ctx);
+    if (group.rank() == fail_rank && ctx.step + 1 == fail_step) {
+      throw std::runtime_error("rank " + std::to_string(fail_rank) + ": failure injected before step " +
+                               std::to_string(fail_step) + " (--fail-at-step)");
+    }
+    const StepStats stats = train_step(ctx, stop_signals, ctx.step + 1 == stop_after);
     ctx.window_loss += stats.loss;
     ctx.window_tokens += stats.tokens;
     ctx.window_targets += stats.target_tokens;
+    ctx.window_comm_s += stats.comm_wait_s;
     ++ctx.window_steps;
     const auto now = std::chrono::steady_clock::now();
     const double window_s = std::chrono::duration<double>(now - window_start).count();
-    progress.update(ctx.step, stats.loss, stats.lr, window_s > 0 ? ctx.window_tokens / window_s : 0.0);
+    if (main) progress.update(ctx.step, stats.loss, stats.lr, window_s > 0 ? ctx.window_tokens / window_s : 0.0);
     if (ctx.step % ctx.config.log.every_steps == 0 || ctx.step == ctx.total_steps) {
       const double per_epoch = static_cast<double>(ctx.loader->micro_batches_per_epoch());
-      logs.write_metrics({{"step", ctx.step},
-                     {"epoch", ctx.micro_batches_done / per_epoch},
-                     {"loss", ctx.window_loss / ctx.window_steps},
-                     {"lr", stats.lr},
-                     {"grad_norm", stats.grad_norm},
-                     {"tokens", ctx.window_tokens},
-                     {"target_tokens", ctx.window_targets},
-                     {"tokens_per_s", window_s > 0 ? ctx.window_tokens / window_s : 0.0},
-                     {"elapsed_s", elapsed_s(ctx, start)}});
-      ctx.window_loss = 0;
+      nlohmann::json line = {{"step", ctx.step},
+                             {"epoch", ctx.micro_batches_done / per_epoch},
+                             {"loss", ctx.window_loss / ctx.window_steps},
+                             {"lr", stats.lr},
+                             {"grad_norm", stats.grad_norm},
+                             {"tokens", ctx.window_tokens},
+                             {"target_tokens", ctx.window_targets},
+                             {"tokens_per_s", window_s > 0 ? ctx.window_tokens / window_s : 0.0},
+                             {"elapsed_s", elapsed_s(ctx, start)}};
+      if (group.distributed()) line["comm_wait_s"] = ctx.window_comm_s;
+      if (main) logs->write_metrics(line);
+      ctx.window_loss = ctx.window_comm_s = 0;
       ctx.window_steps = ctx.window_tokens = ctx.window_targets = 0;
       window_start = now;
     }
     if (ctx.config.eval.every_steps > 0 && ctx.step % ctx.config.eval.every_steps == 0 && ctx.step != ctx.total_steps) {
       run_eval(ctx.step);
     }
-    // A stop request (signal or the test hook) before the last step: save, and end as a success.
-    const bool stop = ctx.step < ctx.total_steps && (stop_signals.requested() || ctx.step == stop_after);
+    // A stop request (a signal on any rank, or the test hook) before the last step: save, end as a success.
+    const bool stop = ctx.step < ctx.total_steps && stats.stop;
     if (stop || (every > 0 && ctx.step % every == 0)) save_checkpoint(ctx, out_dir, elapsed_s(ctx, start));
     if (stop) {
-      progress.finish();
-      std::cerr << "sft train: stopped after step " << ctx.step << " of " << ctx.total_steps
-                << " on request; the checkpoint is saved. Run the same command again to resume (resume: auto).\n";
+      if (main) {
+        progress.finish();
+        std::cerr << "sft train: stopped after step " << ctx.step << " of " << ctx.total_steps
+                  << " on request; the checkpoint is saved. Run the same command again to resume (resume: auto).\n";
+      }
       return 0;
     }
   }
-  progress.finish();
+  if (main) progress.finish();
   save_checkpoint(ctx, out_dir, elapsed_s(ctx, start));  // the end of training, before eval and export
   run_eval(ctx.step);
-  export_final(ctx, out_dir);
-  std::cerr << "sft train: done, " << ctx.step << " steps; outputs in " << out_dir.string() << "\n";
+  if (main) {
+    export_final(ctx, out_dir);
+    std::cerr << "sft train: done, " << ctx.step << " steps; outputs in " << out_dir.string() << "\n";
+  }
+  group.barrier();  // nobody exits (and tears the group down) while rank 0 still exports
   return 0;
+}
+
+}  // namespace
+
+int command_train(const std::vector<std::string>& args) {
+  // --ignore-fingerprint: resume even though the model config, tokenizer, template or data changed.
+  // --allow-batch-change: resume although the global batch (micro_batch_size x grad_accum x world_size)
+  //   differs from the checkpoint's.
+  // Test hooks (hidden, documented in README "Multi-process training"):
+  //   --stop-after-steps K: behaves exactly as a SIGTERM arriving during step K (on every rank; save, exit 0).
+  //   --fail-at-step R:S: rank R throws just before optimizer step S (a rank failure mid-run).
+  //   --grad-sync-after-backward: start every gradient bucket after the backward instead of from the
+  //     hooks (the no-overlap baseline of scripts/bench_dist.sh).
+  CommandLine cli("train", args, {"--stop-after-steps", "--fail-at-step"},
+                  {"--force", "--ignore-fingerprint", "--allow-batch-change", "--grad-sync-after-backward"});
+  if (cli.positional().size() != 1) {
+    throw InputError(
+        "usage: sft train CONFIG.yaml [key.sub=value ...] [--force] [--ignore-fingerprint] [--allow-batch-change]");
+  }
+  const DistEnv env = read_dist_env([](const char* name) { return std::getenv(name); });
+  if (!env.distributed()) return train_on_this_rank(cli, env);
+  // Multi-process: every error names its rank (torchrun interleaves the ranks' output); the kind, and so
+  // the exit code, stays.
+  const std::string rank = "rank " + std::to_string(env.rank) + ": ";
+  try {
+    return train_on_this_rank(cli, env);
+  } catch (const InputError& e) {
+    throw InputError(rank + e.what());
+  } catch (const std::exception& e) {
+    throw std::runtime_error(rank + e.what());
+  }
 }
 
 }  // namespace sft
