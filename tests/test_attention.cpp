@@ -81,7 +81,9 @@ TEST(AttentionIndex, TileLimitsMatchBruteForceVisibility) {
               ASSERT_EQ(fwd_visits, any) << "len " << len << " mb " << mb << " nb " << nb << " causal " << causal;
               ASSERT_EQ(bwd_visits, any) << "len " << len << " mb " << mb << " nb " << nb << " causal " << causal;
               // An unmasked tile must be fully visible.
-              if (!attn::tile_needs_mask(mb, nb, bm, bn, len, causal)) ASSERT_TRUE(all);
+              if (!attn::tile_needs_mask(mb, nb, bm, bn, len, causal)) {
+                ASSERT_TRUE(all);
+              }
             }
           }
         }

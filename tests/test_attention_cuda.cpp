@@ -195,7 +195,9 @@ TEST(AttentionCuda, DkDvAreBitwiseReproducibleInBothModes) {
       }
       EXPECT_TRUE(at::equal(runs[0][1], runs[1][1])) << "dk, d " << d << " deterministic " << deterministic;
       EXPECT_TRUE(at::equal(runs[0][2], runs[1][2])) << "dv, d " << d << " deterministic " << deterministic;
-      if (deterministic) EXPECT_TRUE(at::equal(runs[0][0], runs[1][0])) << "dq, d " << d;
+      if (deterministic) {
+        EXPECT_TRUE(at::equal(runs[0][0], runs[1][0])) << "dq, d " << d;
+      }
     }
   }
 }
