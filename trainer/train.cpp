@@ -447,7 +447,7 @@ int command_train(const std::vector<std::string>& args) {
   ctx.model->train();
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : ctx.model->named_parameters()) named.emplace_back(item.key(), item.value());
-  ctx.params = trainable_parameters(named);
+  ctx.params = trainable_parameters(named, ctx.config.finetune.lora.lr_ratio);
   const auto& betas = ctx.config.train.adam_betas;
   ctx.optimizer = std::make_unique<AdamW>(
       ctx.params, AdamWOptions{betas[0], betas[1], ctx.config.train.adam_eps, ctx.config.train.weight_decay});
