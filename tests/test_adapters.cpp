@@ -73,6 +73,30 @@ TEST(LoraDora, StepZeroEqualsBaseAndMagnitudeIsTheRowNorm) {
   EXPECT_LE(max_rel_diff(logits_of(lm, ids), base_logits), 1e-6);
 }
 
+// With dropout PEFT's DoraLinearVariant.forward recomputes the base part on the dropped-out input x':
+//   y = x W^T + b + (m/n - 1) * x' W^T + (m/n) * scale * B A x'.  The same dropout mask is drawn by reseeding.
+TEST(LoraDora, DropoutFollowsPeftsFormula) {
+  torch::manual_seed(11);
+  model::Projection base(64, 48, /*with_bias=*/true, at::TensorOptions().dtype(at::kFloat));
+  torch::NoGradGuard no_grad;
+  base->bias.normal_();
+  model::LoraProjectionImpl lora(*base, 4, 2.0, 0.5, /*dora=*/true);
+  lora.lora_B->weight.normal_(0, 0.1);
+  lora.lora_magnitude_vector.mul_(1.3);
+  lora.train();
+  const at::Tensor x = at::randn({5, 64});
+  torch::manual_seed(5);
+  const at::Tensor ours = lora.forward(x);
+  torch::manual_seed(5);
+  const at::Tensor dropped = at::dropout(x, 0.5, true);
+  const at::Tensor adapted = lora.weight + 2.0 * at::matmul(lora.lora_B->weight, lora.lora_A->weight);
+  const at::Tensor mag_norm_scale = lora.lora_magnitude_vector / at::linalg_vector_norm(adapted, 2, {1});
+  const at::Tensor ref = at::linear(x, lora.weight, lora.bias) + (mag_norm_scale - 1) * at::linear(dropped, lora.weight) +
+                         mag_norm_scale * 2.0 * at::linear(at::linear(dropped, lora.lora_A->weight), lora.lora_B->weight);
+  EXPECT_LE(max_rel_diff(ours, ref), 1e-6);
+  EXPECT_GT(max_rel_diff(ours, lora.merged_weight().matmul(x.t()).t() + lora.bias), 1e-2);  // dropout did act
+}
+
 TEST(LoraDora, AdapterUsesPeftNamesAndRoundTrips) {
   test::TempDir tmp;
   model::CausalLM lm = model::load_pretrained(train_golden() / "base", at::kFloat, at::kCPU);
