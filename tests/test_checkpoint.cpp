@@ -157,6 +157,24 @@ TEST(CheckpointResume, FullFineTuneResumeIsBitIdentical) {
   expect_identical_runs(ref, resumed, 8);
 }
 
+// Adapter methods (issue 14): DoRA magnitudes and LoRA+ lr multipliers resume exactly; PiSSA recomputes
+// its residual base and initial adapter on resume (the converted export needs them) and resumes exactly.
+TEST(CheckpointResume, DoraWithLoraPlusResumeIsBitIdentical) {
+  const std::string dora = "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.1, dora: true, lr_ratio: 4}}\n";
+  test::TempDir a, b;
+  RunDir ref = reference_run(a.path(), dora);
+  RunDir resumed = interrupted_run(b.path(), dora, {3});
+  expect_identical_runs(ref, resumed, 8);
+}
+
+TEST(CheckpointResume, PissaResumeIsBitIdentical) {
+  const std::string pissa = "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, init: pissa}}\n";
+  test::TempDir a, b;
+  RunDir ref = reference_run(a.path(), pissa);
+  RunDir resumed = interrupted_run(b.path(), pissa, {3});
+  expect_identical_runs(ref, resumed, 8);
+}
+
 TEST(CheckpointResume, MetricsWindowSurvivesAResume) {
   // log.every_steps 3: the stop at step 2 falls inside a logging window; the averaged line at step 3
   // must still equal the uninterrupted run's.
