@@ -159,20 +159,16 @@ TEST(CheckpointResume, FullFineTuneResumeIsBitIdentical) {
 
 // Adapter methods (issue 14): DoRA magnitudes and LoRA+ lr multipliers resume exactly; PiSSA recomputes
 // its residual base and initial adapter on resume (the converted export needs them) and resumes exactly.
-TEST(CheckpointResume, DoraWithLoraPlusResumeIsBitIdentical) {
-  const std::string dora = "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.1, dora: true, lr_ratio: 4}}\n";
-  test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), dora);
-  RunDir resumed = interrupted_run(b.path(), dora, {3});
-  expect_identical_runs(ref, resumed, 8);
-}
-
-TEST(CheckpointResume, PissaResumeIsBitIdentical) {
-  const std::string pissa = "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, init: pissa}}\n";
-  test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), pissa);
-  RunDir resumed = interrupted_run(b.path(), pissa, {3});
-  expect_identical_runs(ref, resumed, 8);
+TEST(CheckpointResume, DoraLoraPlusAndPissaResumeAreBitIdentical) {
+  for (const std::string method :
+       {"finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.1, dora: true, lr_ratio: 4}}\n",
+        "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, init: pissa}}\n"}) {
+    SCOPED_TRACE(method);
+    test::TempDir a, b;
+    RunDir ref = reference_run(a.path(), method);
+    RunDir resumed = interrupted_run(b.path(), method, {3});
+    expect_identical_runs(ref, resumed, 8);
+  }
 }
 
 TEST(CheckpointResume, MetricsWindowSurvivesAResume) {
