@@ -7,10 +7,12 @@
 #include <set>
 
 #include "common/errors.h"
+#include "model/lora_init.h"
 
 namespace sft::model {
 
-LoraProjectionImpl::LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale_, double dropout_)
+LoraProjectionImpl::LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale_, double dropout_,
+                                       bool dora)
     : ProjectionImpl(base), scale(scale_), dropout(dropout_) {
   const auto options = torch::nn::LinearOptions(in_features(), rank).bias(false);
   lora_A = register_module("lora_A", torch::nn::Linear(options));
@@ -20,17 +22,43 @@ LoraProjectionImpl::LoraProjectionImpl(const ProjectionImpl& base, int64_t rank,
   lora_B->weight.set_data(lora_B->weight.to(weight.options()));
   torch::nn::init::kaiming_uniform_(lora_A->weight, std::sqrt(5.0));
   lora_B->weight.zero_();
+  if (dora) {
+    lora_magnitude_vector = register_parameter("lora_magnitude_vector", dora_weight_norm().to(lora_A->weight.options()));
+  }
 }
 
 at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) {
   at::Tensor result = ProjectionImpl::forward(x);
   at::Tensor lora_input = x.to(lora_A->weight.scalar_type());
   if (dropout > 0 && is_training()) lora_input = at::dropout(lora_input, dropout, /*train=*/true);
-  return result + (lora_B->forward(lora_A->forward(lora_input)) * scale).to(result.scalar_type());
+  at::Tensor lora_result = lora_B->forward(lora_A->forward(lora_input)) * scale;
+  if (!is_dora()) return result + lora_result.to(result.scalar_type());
+  // DoRA, as PEFT's DoraLinearLayer.forward: result + (m/n - 1) * base(x') + (m/n) * scale * B A x', with x'
+  // the dropped-out input (then base(x') is recomputed) or x itself (then base(x) = result - bias).
+  const at::Tensor mag_norm_scale = lora_magnitude_vector / dora_weight_norm();  // [out]; the norm is detached
+  const bool dropped = dropout > 0 && is_training();
+  at::Tensor base_result = dropped ? at::linear(lora_input, weight.to(lora_input.scalar_type()))
+                                   : (bias.defined() ? result - bias : result).to(lora_input.scalar_type());
+  at::Tensor dora_result = (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result;
+  return result + dora_result.to(result.scalar_type());
 }
 
 at::Tensor LoraProjectionImpl::delta_weight() const {
   return at::matmul(lora_B->weight, lora_A->weight) * scale;  // [out, r] @ [r, in]
+}
+
+at::Tensor LoraProjectionImpl::dora_weight_norm() const {
+  at::NoGradGuard no_grad;
+  const at::Tensor adapted = weight.to(at::kFloat) + delta_weight().to(at::kFloat);  // [out, in]
+  return at::linalg_vector_norm(adapted, 2, /*dim=*/{1});
+}
+
+at::Tensor LoraProjectionImpl::merged_weight() const {
+  at::NoGradGuard no_grad;
+  at::Tensor adapted = weight.to(at::kFloat) + delta_weight().to(at::kFloat);  // [out, in]
+  if (!is_dora()) return adapted;
+  // PEFT's merge: dora_factor = m / ||W + dW|| per output row, W' = dora_factor * (W + dW).
+  return (lora_magnitude_vector.to(at::kFloat) / at::linalg_vector_norm(adapted, 2, {1})).unsqueeze(1) * adapted;
 }
 
 double lora_scale(const LoraSpec& spec) {
@@ -70,7 +98,9 @@ std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec) {
                                        const std::string& name, Projection& holder) {
     if (!all && !targets.count(name)) return;
     if (std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr())) return;  // already adapted
-    auto lora = std::make_shared<LoraProjectionImpl>(*holder, spec.rank, scale, spec.dropout);
+    auto lora = std::make_shared<LoraProjectionImpl>(*holder, spec.rank, scale, spec.dropout, spec.dora);
+    init_lora_weights(*lora, spec.init, parent_path + "." + name);
+    if (spec.dora && spec.init != "default") lora->lora_magnitude_vector.set_data(lora->dora_weight_norm().to(lora->lora_A->weight.options()));
     parent.replace_module(name, lora);
     holder = Projection(std::static_pointer_cast<ProjectionImpl>(lora));
     adapted.push_back(parent_path + "." + name);
@@ -94,8 +124,7 @@ void merge_lora(CausalLM& model) {
     auto lora = std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr());
     if (!lora) return;
     // Add in fp32 then round once, so bf16 bases lose no more than one rounding.
-    at::Tensor merged = (lora->weight.to(at::kFloat) + lora->delta_weight().to(at::kFloat)).to(lora->weight.scalar_type());
-    lora->weight.copy_(merged);
+    lora->weight.copy_(lora->merged_weight().to(lora->weight.scalar_type()));
     auto plain = std::make_shared<ProjectionImpl>(static_cast<const ProjectionImpl&>(*lora));
     parent.replace_module(name, plain);
     holder = Projection(plain);

@@ -1,6 +1,7 @@
 // model/lora.h: the two explicit transforms of a built model: LoRA (swap targeted projections for
 // LoraProjection, keeping base names `weight`/`bias` and adding `lora_A.weight`/`lora_B.weight` as PEFT
-// names them) and freezing (choose which parameters train). Plus merging LoRA into the base weights.
+// names them, and `lora_magnitude_vector` for DoRA) and freezing (choose which parameters train). Plus merging
+// LoRA/DoRA into the base weights.
 #pragma once
 #include <torch/nn/modules/linear.h>
 
@@ -12,16 +13,28 @@
 
 namespace sft::model {
 
-// base(x) + scale * B(A(dropout(x))). A: [r, in] (Kaiming-uniform, a = sqrt(5), as PEFT), B: [out, r] = 0,
+// LoRA: base(x) + scale * B(A(dropout(x))). A: [r, in] (Kaiming-uniform, a = sqrt(5), as PEFT), B: [out, r] = 0,
 // so the adapted model equals the base model at step 0.
+// DoRA (PEFT use_dora): the weight is m * (W + scale*B@A) / ||W + scale*B@A||, the norm taken per output row
+// (PEFT's get_weight_norm: linalg.norm(W + dW, dim=1)) and detached from the gradient, m: [out] trainable,
+// initialised to that norm so step 0 equals the base model. The bias is not scaled.
 class LoraProjectionImpl : public ProjectionImpl {
  public:
-  LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale, double dropout);
+  LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale, double dropout, bool dora = false);
   at::Tensor forward(const at::Tensor& x) override;
   // The dense update scale * B @ A: [out, in].
   at::Tensor delta_weight() const;
+  // DoRA: ||W + scale * B @ A|| per output row, fp32 [out], computed without gradient.
+  at::Tensor dora_weight_norm() const;
+  // The effective weight the adapter gives, fp32 [out, in]: W + dW (LoRA) or m * (W + dW) / norm (DoRA).
+  at::Tensor merged_weight() const;
+  bool is_dora() const { return lora_magnitude_vector.defined(); }
 
   torch::nn::Linear lora_A{nullptr}, lora_B{nullptr};
+  at::Tensor lora_magnitude_vector;  // DoRA only: [out] fp32; undefined for plain LoRA
+  // PiSSA/OLoRA only (model/lora_init.h): the adapter as initialised, fp32 [r, in] / [out, r], not trained and
+  // not registered; the export turns the trained adapter into one for the original base with them.
+  at::Tensor initial_A, initial_B;
   double scale;
   double dropout;
 };
@@ -33,19 +46,22 @@ struct LoraSpec {
   double dropout = 0.05;
   bool rslora = false;
   std::vector<std::string> targets;  // projection names, or {"all"}
+  bool dora = false;                 // weight-decomposed LoRA (PEFT use_dora)
+  std::string init = "default";      // default|gaussian|pissa|olora (model/lora_init.h)
 };
 
 double lora_scale(const LoraSpec& spec);  // alpha / r, or alpha / sqrt(r) with rslora
 
 // Replaces every targeted projection in every layer; freezes all base parameters. A is initialised from
-// the current default generator (seed it first). Returns the adapted module paths
+// the current default generator (seed it first), then re-initialised per spec.init (PiSSA/OLoRA change the
+// base weights too); DoRA magnitudes are set after that, from the initialised W + scale * B @ A. Returns the adapted module paths
 // ("model.layers.0.self_attn.q_proj", ...).
 std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec);
 
 // Every LoraProjection in the model by module path.
 std::map<std::string, std::shared_ptr<LoraProjectionImpl>> lora_modules(CausalLM& model);
 
-// W += scale * B @ A for every adapter, then swaps plain projections back in (LoRA params disappear).
+// W += scale * B @ A for every adapter (DoRA: W = m * (W + scale * B @ A) / ||W + scale * B @ A||), then swaps plain projections back in (LoRA params disappear).
 void merge_lora(CausalLM& model);
 
 struct FreezeSpec {

@@ -6,5 +6,6 @@ set(SFT_MODEL_SOURCES
   model/weights.cpp
   model/llama.cpp
   model/lora.cpp
+  model/lora_init.cpp
 )
 list(APPEND SFT_MODEL_SOURCES model/generate.cpp)  # KV-cache decoding

@@ -13,6 +13,16 @@ Runs (10 optimizer steps each, cosine schedule with 2 warmup steps, clip 1.0, we
   full           every parameter trains
   freeze         LLaMA-Factory freeze: trainable_layers 1, modules all, extra_modules [norm]
   freeze_narrow  LLaMA-Factory freeze: trainable_layers -1, modules [mlp], extra [embed_tokens, lm_head]
+Adapter methods (issue 14; new files only, the runs above are unchanged):
+  dora           PEFT use_dora=True, otherwise as lora (init saved as adapter_init_dora/); DoRA magnitudes
+                 decay like matrices (HF Trainer and PEFT's LoRA+ groups decay every non-norm, non-bias tensor);
+                 plus adapter_dora_random/ (B and magnitudes perturbed) and dora_random_logits.safetensors:
+                 PEFT's logits for a fixed id sequence with it
+  loraplus       lora with PEFT's create_loraplus_optimizer, loraplus_lr_ratio 4 and loraplus_weight_decay =
+                 weight decay (init saved as adapter_init_loraplus/); loraplus_groups.json: each parameter's lr
+                 and weight decay in that optimizer, for a LoRA and a DoRA model
+  pissa_init / olora_init.safetensors: init_lora_weights="pissa" / "olora" on the base (r=4, alpha=8, every
+                 projection): lora_A/lora_B as PEFT saves them and each adapted module's modified base weight
 Freeze runs set requires_grad with LLaMA-Factory's own rules (_setup_freeze_tuning: ".{layer}.{module}"
 and extra-module substrings of the parameter name), reimplemented in llamafactory_trainable().
 Outputs in <out>/train/: data.jsonl, base model dir, per run: <run>_losses.json, <run>_final.safetensors,
@@ -74,12 +84,18 @@ def step_loss(model, examples):
     return total, count
 
 
-def train(model, params, examples):
+def decays(name, p):
+    """Our weight-decay rule: matrices, and DoRA magnitudes (1-D, but neither a norm nor a bias)."""
+    return p.dim() >= 2 or "lora_magnitude_vector" in name
+
+
+def train(model, params, examples, optimizer=None):
     """The reference loop: grad over the whole step / total targets, clip, AdamW, LambdaLR."""
-    decay = [p for n, p in params if p.dim() >= 2]
-    no_decay = [p for n, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, foreach=False)
+    if optimizer is None:
+        decay = [p for n, p in params if decays(n, p)]
+        no_decay = [p for n, p in params if not decays(n, p)]
+        groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, foreach=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     losses, lrs, norms = [], [], []
     model.train()
@@ -145,6 +161,23 @@ def save_run(out, name, history, final):
     print(f"[golden] {name} losses {losses[0]:.5f} -> {losses[-1]:.5f}")
 
 
+def peft_name(name):
+    """A PEFT parameter name as PEFT saves it: no adapter name; DoRA magnitudes without ".weight"."""
+    return name.replace(".default", "").replace("lora_magnitude_vector.weight", "lora_magnitude_vector")
+
+
+def train_peft_run(out, base_dir, examples, name, cfg, init_dir, make_optimizer=None):
+    """Seed 7, a PEFT model from cfg (its init saved as init_dir/), 10 steps; <name>_* files as save_run."""
+    from peft import get_peft_model
+    torch.manual_seed(7)
+    peft_model = get_peft_model(load_base(base_dir), cfg)
+    peft_model.save_pretrained(out / init_dir)
+    params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    final = {peft_name(n): p for n, p in params}
+    optimizer = make_optimizer(peft_model) if make_optimizer else None
+    save_run(out, name, train(peft_model, params, examples, optimizer), final)
+
+
 def load_base(base_dir):
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -166,16 +199,11 @@ def build(out: Path, models_dir: Path):
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # ---- LoRA, and LoRA with rank-stabilised scaling ----
-    lora_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+    lora_cfg = LoraConfig(**LORA_KWARGS)
     rslora_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM",
                             use_rslora=True)
     for name, cfg, init_dir in (("lora", lora_cfg, "adapter_init"), ("rslora", rslora_cfg, "adapter_init_rslora")):
-        torch.manual_seed(7)
-        peft_model = get_peft_model(load_base(base_dir), cfg)
-        peft_model.save_pretrained(out / init_dir)
-        params = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-        final = {n.replace(".default", ""): p for n, p in params}
-        save_run(out, name, train(peft_model, params, examples), final)
+        train_peft_run(out, base_dir, examples, name, cfg, init_dir)
 
     # ---- LoRA gradients after one backward, from an adapter with non-zero B ----
     torch.manual_seed(8)
@@ -211,16 +239,90 @@ def build(out: Path, models_dir: Path):
     sets = [dict(settings, trainable=llamafactory_trainable(model, **settings)) for settings in FREEZE_SETS]
     (out / "freeze_sets.json").write_text(json.dumps(sets, indent=1))
 
+    build_adapter_methods(out, base_dir, examples, lora_cfg)
+
+
+LORA_KWARGS = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                  "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+LORAPLUS_RATIO = 4.0
+DORA_IDS = [1, 17, 33, 101, 7, 250, 64, 9, 3, 200, 5, 42]
+
+
+def loraplus_optimizer(peft_model):
+    from peft.optimizers import create_loraplus_optimizer
+    return create_loraplus_optimizer(peft_model, torch.optim.AdamW, lr=LR, loraplus_lr_ratio=LORAPLUS_RATIO,
+                                     loraplus_weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS, foreach=False)
+
+
+def build_adapter_methods(out, base_dir, examples, lora_cfg):
+    """DoRA, LoRA+ and PiSSA/OLoRA init references (issue 14), written under new names only."""
+    import copy
+    from peft import get_peft_model
+
+    # ---- DoRA ----
+    dora_cfg = copy.deepcopy(lora_cfg)
+    dora_cfg.use_dora = True
+    train_peft_run(out, base_dir, examples, "dora", dora_cfg, "adapter_init_dora")
+    # A DoRA adapter far from its init (B and magnitudes perturbed) and PEFT's logits for DORA_IDS with it.
+    torch.manual_seed(8)
+    dora_model = get_peft_model(load_base(base_dir), dora_cfg)
+    with torch.no_grad():
+        for n, p in dora_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+            elif "lora_magnitude_vector" in n:
+                p.mul_(1 + 0.2 * torch.rand_like(p))
+    dora_model.save_pretrained(out / "adapter_dora_random")
+    dora_model.eval()
+    with torch.no_grad():
+        logits = dora_model(input_ids=torch.tensor([DORA_IDS])).logits[0].float().contiguous()
+    save_file({"logits": logits, "ids": torch.tensor(DORA_IDS)}, str(out / "dora_random_logits.safetensors"))
+
+    # ---- LoRA+: PEFT's optimizer groups, and a trajectory ----
+    groups = {}
+    for kind, cfg in (("lora", lora_cfg), ("dora", dora_cfg)):
+        torch.manual_seed(7)
+        model = get_peft_model(load_base(base_dir), cfg)
+        optimizer = loraplus_optimizer(model)
+        names = {id(p): peft_name(n) for n, p in model.named_parameters()}
+        groups[kind] = {names[id(p)]: {"lr": g["lr"], "weight_decay": g["weight_decay"]}
+                        for g in optimizer.param_groups for p in g["params"]}
+    (out / "loraplus_groups.json").write_text(json.dumps({"lr": LR, "ratio": LORAPLUS_RATIO, "groups": groups},
+                                                         indent=1))
+    train_peft_run(out, base_dir, examples, "loraplus", lora_cfg, "adapter_init_loraplus", loraplus_optimizer)
+
+    # ---- PiSSA / OLoRA initialisation: the adapter and the modified base weights ----
+    for init in ("pissa", "olora"):
+        cfg = copy.deepcopy(lora_cfg)
+        cfg.init_lora_weights = init
+        model = get_peft_model(load_base(base_dir), cfg)
+        tensors = {}
+        for n, p in model.named_parameters():
+            if "lora_A" in n or "lora_B" in n or ("base_layer.weight" in n):
+                tensors[n.replace(".default", "").replace(".base_layer", "")] = p.detach().clone().contiguous()
+        save_file(tensors, str(out / f"{init}_init.safetensors"))
+        print(f"[golden] {init} init: {len(tensors)} tensors")
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     root = Path(__file__).resolve().parent.parent
     parser.add_argument("--out", default=str(root / ".cache" / "golden"))
+    parser.add_argument("--adapters-only", action="store_true",
+                        help="(re)make only the adapter-method references (issue 14) beside existing ones; "
+                             "the other files and the stamp are left alone")
     args = parser.parse_args()
     out = Path(args.out) / "train"
     models_dir = Path(args.out) / "models"
     if not (models_dir / "llama_gqa" / "config.json").exists():
         sys.exit("make_train_golden: run scripts/make_golden.py first (needs models/llama_gqa)")
+    if args.adapters_only:
+        torch.set_num_threads(2)
+        from peft import LoraConfig
+        base_dir = out / "base"
+        examples = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+        build_adapter_methods(out, base_dir, examples, LoraConfig(**LORA_KWARGS))
+        return
     digest = hashlib.sha256(Path(__file__).read_bytes() + (models_dir / "STAMP").read_bytes()).hexdigest()
     stamp = out / "STAMP"
     if stamp.exists() and stamp.read_text() == digest:

@@ -5,6 +5,7 @@ set(SFT_PYTHON_TESTS
   tests/python/test_eval_reference.py
   tests/python/test_generate_reference.py
   tests/python/test_export_reference.py
+  tests/python/test_adapter_methods.py
   tests/python/test_repo_paths.py
   tests/python/test_dist_torchrun.py
   tests/python/test_tensorboard.py

@@ -11,6 +11,7 @@ set(SFT_TEST_SOURCES
   tests/test_attention_choice.cpp
   tests/test_config.cpp
   tests/test_train.cpp
+  tests/test_adapters.cpp
   tests/test_cli.cpp
 )
 list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp)

@@ -159,6 +159,20 @@ TEST(CheckpointResume, FullFineTuneResumeIsBitIdentical) {
   expect_identical_runs(ref, resumed, 8);
 }
 
+// Adapter methods (issue 14): DoRA magnitudes and LoRA+ lr multipliers resume exactly; PiSSA recomputes
+// its residual base and initial adapter on resume (the converted export needs them) and resumes exactly.
+TEST(CheckpointResume, DoraLoraPlusAndPissaResumeAreBitIdentical) {
+  for (const std::string method :
+       {"finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.1, dora: true, lr_ratio: 4}}\n",
+        "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, init: pissa}}\n"}) {
+    SCOPED_TRACE(method);
+    test::TempDir a, b;
+    RunDir ref = reference_run(a.path(), method);
+    RunDir resumed = interrupted_run(b.path(), method, {3});
+    expect_identical_runs(ref, resumed, 8);
+  }
+}
+
 TEST(CheckpointResume, MetricsWindowSurvivesAResume) {
   // log.every_steps 3: the stop at step 2 falls inside a logging window; the averaged line at step 3
   // must still equal the uninterrupted run's.

@@ -47,6 +47,9 @@ void visit_fields(Config& c, V& v) {
   v("finetune.lora.targets", c.finetune.lora.targets, "module names to adapt, or [all] for every linear layer in the blocks");
   v("finetune.lora.rslora", c.finetune.lora.rslora, "rank-stabilised scaling alpha / sqrt(r)");
   v("finetune.lora.init_from", c.finetune.lora.init_from, "start from an existing PEFT adapter directory");
+  v("finetune.lora.dora", c.finetune.lora.dora, "DoRA (PEFT use_dora): trainable magnitude per output row times the row-normalised W + scale*B@A");
+  v("finetune.lora.lr_ratio", c.finetune.lora.lr_ratio, "LoRA+ (PEFT create_loraplus_optimizer): B matrices and DoRA magnitudes train at lr * ratio (> 0); null = off");
+  v("finetune.lora.init", c.finetune.lora.init, "adapter init, as PEFT init_lora_weights: default (A Kaiming-uniform, B 0) | gaussian (A ~ N(0, 1/r)) | pissa | olora");
   v("finetune.freeze.trainable_layers", c.finetune.freeze.trainable_layers, "N > 0: last N layers; N < 0: first |N|; or a list of layer indices");
   v("finetune.freeze.trainable_modules", c.finetune.freeze.trainable_modules, "all | list of self_attn, mlp, q_proj, ... within the trainable layers");
   v("finetune.freeze.extra_modules", c.finetune.freeze.extra_modules, "also train: embed_tokens, norm, lm_head");
@@ -111,6 +114,13 @@ class FieldParser {
   }
   void operator()(const char* key, int64_t& field, const char*) {
     if (auto* node = take(key)) parse_int(key, *node, field);
+  }
+  void operator()(const char* key, std::optional<double>& field, const char*) {
+    if (auto* node = take(key)) {
+      if (node->IsNull()) return field.reset();
+      double value = 0;
+      if (parse_number(key, *node, value)) field = value;
+    }
   }
   void operator()(const char* key, double& field, const char*) {
     if (auto* node = take(key)) parse_number(key, *node, field);
@@ -290,6 +300,14 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
     check(t == "all" || projections.count(t), "finetune.lora.targets: unknown module '" + t +
                                                   "' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all)");
   }
+  check(!lora.lr_ratio || *lora.lr_ratio > 0,
+        "finetune.lora.lr_ratio must be > 0 (or null for no LoRA+), got " + std::to_string(lora.lr_ratio.value_or(0)));
+  one_of("finetune.lora.init", lora.init, {"default", "gaussian", "pissa", "olora"});
+  check(!(lora.dora && (lora.init == "pissa" || lora.init == "olora")),
+        "finetune.lora.dora with finetune.lora.init " + lora.init +
+            " is not implemented (the magnitude would be taken over the residual weight)");
+  check(!(lora.init_from && lora.init != "default"),
+        "finetune.lora.init " + lora.init + " cannot be combined with finetune.lora.init_from (the adapter is loaded)");
   const FreezeOptions& freeze = c.finetune.freeze;
   check(!freeze.trainable_layers.count || *freeze.trainable_layers.count != 0,
         "finetune.freeze.trainable_layers must not be 0");
@@ -349,6 +367,7 @@ class FieldEmitter {
   }
   static YAML::Node to_node(const std::string& v) { return YAML::Node(v); }
   static YAML::Node to_node(const std::optional<std::string>& v) { return v ? YAML::Node(*v) : YAML::Node(YAML::NodeType::Null); }
+  static YAML::Node to_node(const std::optional<double>& v) { return v ? YAML::Node(*v) : YAML::Node(YAML::NodeType::Null); }
   static YAML::Node to_node(int64_t v) { return YAML::Node(v); }
   static YAML::Node to_node(double v) { return YAML::Node(v); }
   static YAML::Node to_node(bool v) { return YAML::Node(v); }

@@ -26,6 +26,9 @@ struct LoraOptions {
   std::vector<std::string> targets{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   bool rslora = false;
   std::optional<std::string> init_from;  // an existing PEFT adapter directory to start from
+  bool dora = false;                     // weight-decomposed LoRA (PEFT use_dora)
+  std::optional<double> lr_ratio;        // LoRA+: lr of B (and DoRA magnitudes) = lr * ratio; none = off
+  std::string init = "default";          // default|gaussian|pissa|olora (PEFT init_lora_weights)
 };
 
 // freeze.trainable_layers: N > 0 the last N layers, N < 0 the first |N|, or an explicit list of indices.

@@ -3,12 +3,14 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "common/errors.h"
+#include "model/lora_init.h"
 #include "model/safetensors.h"
 
 namespace sft {
@@ -27,17 +29,30 @@ void save_peft_adapter(model::CausalLM& lm, const model::LoraSpec& spec, const s
   if (modules.empty()) throw std::logic_error("save_peft_adapter: the model has no LoRA modules");
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::set<std::string> targets;
+  // PiSSA/OLoRA trained on a residual base W_res = W - scale B0 A0. Written as PEFT's
+  // path_initial_model_for_weight_conversion does, for the original W: W_res + s B A = W + s [B | -B0] [A ; A0],
+  // so rank 2r and alpha 2*alpha (rslora: sqrt(2)*alpha) keep the scale.
+  const bool convert = model::init_mutates_base(spec.init);
   for (const auto& [path, lora] : modules) {
-    tensors.emplace_back(kPeftPrefix + path + ".lora_A.weight", lora->lora_A->weight.detach().to(at::kCPU).contiguous());
-    tensors.emplace_back(kPeftPrefix + path + ".lora_B.weight", lora->lora_B->weight.detach().to(at::kCPU).contiguous());
+    at::Tensor a = lora->lora_A->weight.detach(), b = lora->lora_B->weight.detach();
+    if (convert) {
+      a = at::cat({a, lora->initial_A.to(a.options())}, 0);   // [2r, in]
+      b = at::cat({b, -lora->initial_B.to(b.options())}, 1);  // [out, 2r]
+    }
+    tensors.emplace_back(kPeftPrefix + path + ".lora_A.weight", a.to(at::kCPU).contiguous());
+    tensors.emplace_back(kPeftPrefix + path + ".lora_B.weight", b.to(at::kCPU).contiguous());
+    if (lora->is_dora()) {  // PEFT's saved name: no ".weight" suffix (get_peft_model_state_dict renames it)
+      tensors.emplace_back(kPeftPrefix + path + ".lora_magnitude_vector",
+                           lora->lora_magnitude_vector.detach().to(at::kCPU).contiguous());
+    }
     targets.insert(module_leaf(path));
   }
   json config = {
       {"peft_type", "LORA"},
       {"task_type", "CAUSAL_LM"},
       {"base_model_name_or_path", base_model_path},
-      {"r", spec.rank},
-      {"lora_alpha", spec.alpha},
+      {"r", convert ? 2 * spec.rank : spec.rank},
+      {"lora_alpha", convert ? (spec.rslora ? std::sqrt(2.0) : 2.0) * spec.alpha : spec.alpha},
       {"lora_dropout", spec.dropout},
       {"target_modules", std::vector<std::string>(targets.begin(), targets.end())},
       {"use_rslora", spec.rslora},
@@ -46,7 +61,7 @@ void save_peft_adapter(model::CausalLM& lm, const model::LoraSpec& spec, const s
       {"inference_mode", true},
       {"init_lora_weights", true},
       {"modules_to_save", nullptr},
-      {"use_dora", false},
+      {"use_dora", spec.dora},
   };
   const fs::path tmp = out_dir.string() + ".tmp";
   fs::remove_all(tmp);
@@ -79,7 +94,7 @@ model::LoraSpec read_peft_adapter_config(const fs::path& dir) {
   spec.alpha = config.contains("lora_alpha") && config["lora_alpha"].is_number() ? config["lora_alpha"].get<double>() : 8.0;
   spec.dropout = config.contains("lora_dropout") && config["lora_dropout"].is_number() ? config["lora_dropout"].get<double>() : 0.0;
   spec.rslora = config.value("use_rslora", false);
-  if (config.value("use_dora", false)) fail("DoRA adapters are not supported");
+  spec.dora = config.value("use_dora", false);
   const json& targets = config["target_modules"];
   if (targets.is_array()) {
     for (const json& t : targets) spec.targets.push_back(t.get<std::string>());
@@ -101,12 +116,22 @@ model::LoraSpec load_peft_adapter(model::CausalLM& lm, const fs::path& dir) {
   std::set<std::string> used;
   torch::NoGradGuard no_grad;
   for (const auto& [path, lora] : model::lora_modules(lm)) {
-    for (auto [suffix, param] : {std::pair<const char*, at::Tensor>{".lora_A.weight", lora->lora_A->weight},
-                                 std::pair<const char*, at::Tensor>{".lora_B.weight", lora->lora_B->weight}}) {
+    if (lora->is_dora() != spec.dora) {
+      throw InputError((dir / "adapter_config.json").string() + ": use_dora is " + (spec.dora ? "true" : "false") +
+                       " but the model's adapters are " + (lora->is_dora() ? "DoRA" : "plain LoRA") +
+                       " (set finetune.lora.dora to match)");
+    }
+    std::vector<std::pair<std::string, at::Tensor>> wanted = {{".lora_A.weight", lora->lora_A->weight},
+                                                              {".lora_B.weight", lora->lora_B->weight}};
+    if (lora->is_dora()) wanted.emplace_back(".lora_magnitude_vector", lora->lora_magnitude_vector);
+    for (const auto& [suffix, param] : wanted) {
       // PEFT writes base_model.model.<path>; some tools keep the adapter name (".default").
       std::string name = kPeftPrefix + path + suffix;
       if (!file->find(name)) {
-        std::string with_default = kPeftPrefix + path + std::string(suffix).insert(std::string(suffix).rfind('.'), ".default");
+        // ".lora_A.default.weight"; the magnitude: ".lora_magnitude_vector.default.weight".
+        const bool magnitude = suffix == ".lora_magnitude_vector";
+        std::string with_default =
+            kPeftPrefix + path + (magnitude ? suffix + ".default.weight" : std::string(suffix).insert(suffix.rfind('.'), ".default"));
         if (file->find(with_default)) name = with_default;
       }
       const model::StTensorInfo* info = file->find(name);

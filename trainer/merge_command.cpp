@@ -1,6 +1,7 @@
 // trainer/merge_command.cpp: `sft merge --model DIR --adapter DIR --out DIR [--dtype D] [--shard-size BYTES]`.
-// The merge runs in float32 (W + scale * B @ A) and casts once at the end, so a bfloat16 output rounds
-// each weight once, as PEFT's merge_and_unload on an fp32 model followed by .to(bfloat16) does.
+// The merge runs in float32 (W + scale * B @ A; DoRA: m * (W + scale * B @ A) / ||W + scale * B @ A|| per output
+// row, as PEFT's merge) and casts once at the end, so a bfloat16 output rounds each weight once, as PEFT's
+// merge_and_unload on an fp32 model followed by .to(bfloat16) does.
 #include "trainer/merge_command.h"
 
 #include <torch/torch.h>
@@ -63,7 +64,7 @@ int command_merge(const std::vector<std::string>& args) {
   copy_tokenizer_files(model_dir, tmp);
   fs::remove_all(out_dir);
   fs::rename(tmp, out_dir);
-  std::cout << "sft merge: folded LoRA (r " << spec.rank << ", " << adapted << " modules) from " << adapter_dir.string()
+  std::cout << "sft merge: folded " << (spec.dora ? "DoRA" : "LoRA") << " (r " << spec.rank << ", " << adapted << " modules) from " << adapter_dir.string()
             << " into " << model_dir.string() << "; wrote " << out_dir.string() << " (" << model::dtype_name(dtype)
             << ")\n";
   return 0;

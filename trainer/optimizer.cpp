@@ -24,14 +24,15 @@ void AdamW::step(double lr) {
   const double beta1 = options_.beta1, beta2 = options_.beta2;
   const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step_));
   const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step_));
-  const double step_size = lr / bias_correction1;
   const double bias_correction2_sqrt = std::sqrt(bias_correction2);
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& param = params_[i].tensor;
     const at::Tensor& grad = param.grad();
     if (!grad.defined()) continue;
+    const double param_lr = lr * params_[i].lr_scale;
+    const double step_size = param_lr / bias_correction1;
     const double decay = params_[i].decay ? options_.weight_decay : 0.0;
-    if (decay != 0.0) param.mul_(1.0 - lr * decay);
+    if (decay != 0.0) param.mul_(1.0 - param_lr * decay);
     exp_avg_[i].lerp_(grad, 1.0 - beta1);
     exp_avg_sq_[i].mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
     at::Tensor denom = (exp_avg_sq_[i].sqrt() / bias_correction2_sqrt).add_(options_.eps);
@@ -90,11 +91,14 @@ at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_
   return total;
 }
 
-std::vector<NamedParameter> trainable_parameters(const std::vector<std::pair<std::string, at::Tensor>>& named) {
+std::vector<NamedParameter> trainable_parameters(const std::vector<std::pair<std::string, at::Tensor>>& named,
+                                                 std::optional<double> lora_plus_ratio) {
   std::vector<NamedParameter> out;
   for (const auto& [name, tensor] : named) {
     if (!tensor.requires_grad()) continue;
-    out.push_back({name, tensor, tensor.dim() >= 2});
+    const bool magnitude = name.find("lora_magnitude_vector") != std::string::npos;
+    const bool group_b = magnitude || name.find("lora_B") != std::string::npos;
+    out.push_back({name, tensor, tensor.dim() >= 2 || magnitude, lora_plus_ratio && group_b ? *lora_plus_ratio : 1.0});
   }
   return out;
 }

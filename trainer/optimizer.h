@@ -1,9 +1,12 @@
 // trainer/optimizer.h: AdamW with decoupled weight decay (the torch.optim.AdamW single-tensor update,
 // step for step) and global-norm gradient clipping (torch.nn.utils.clip_grad_norm_). Parameters are
-// named so the state can be saved as plain tensors (safetensors) and matched on load.
+// named so the state can be saved as plain tensors (safetensors) and matched on load. Each parameter has an
+// lr multiplier (LoRA+ groups: the schedule's lr times the group's ratio, as torch's LambdaLR scales each
+// param group's initial lr).
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,7 +16,8 @@ namespace sft {
 struct NamedParameter {
   std::string name;
   at::Tensor tensor;
-  bool decay = true;  // false for norms and biases
+  bool decay = true;      // false for norms and biases
+  double lr_scale = 1.0;  // this parameter's lr = the step's lr * lr_scale (LoRA+: ratio for B and magnitudes)
 };
 
 struct AdamWOptions {
@@ -24,7 +28,7 @@ class AdamW {
  public:
   AdamW(std::vector<NamedParameter> params, const AdamWOptions& options);
 
-  // One update with learning rate `lr` from each parameter's .grad().
+  // One update with learning rate `lr` * lr_scale from each parameter's .grad().
   void step(double lr);
   void zero_grad();  // sets grads to undefined (memory is released, as set_to_none=True)
   int64_t steps_taken() const { return step_; }
@@ -46,7 +50,11 @@ class AdamW {
 // before clipping as a 0-dim fp32 tensor on the parameters' device (no host sync here).
 at::Tensor clip_grad_norm(const std::vector<NamedParameter>& params, double max_norm);
 
-// Splits trainable parameters: weight decay never applies to norms and biases (1-D tensors).
-std::vector<NamedParameter> trainable_parameters(const std::vector<std::pair<std::string, at::Tensor>>& named);
+// Splits trainable parameters: weight decay never applies to norms and biases (1-D tensors); DoRA magnitudes
+// (1-D, but neither) decay, as in HF Trainer's and PEFT's LoRA+ groups. With lora_plus_ratio (LoRA+, PEFT's
+// create_loraplus_optimizer): lora_B and lora_magnitude_vector parameters get lr_scale = ratio. (PEFT's
+// embedding group, lr 1e-6, never occurs: adapters sit on block projections only.)
+std::vector<NamedParameter> trainable_parameters(const std::vector<std::pair<std::string, at::Tensor>>& named,
+                                                 std::optional<double> lora_plus_ratio = std::nullopt);
 
 }  // namespace sft

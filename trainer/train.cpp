@@ -447,7 +447,7 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
   ctx.model->train();
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : ctx.model->named_parameters()) named.emplace_back(item.key(), item.value());
-  ctx.params = trainable_parameters(named);
+  ctx.params = trainable_parameters(named, ctx.config.finetune.lora.lr_ratio);
   check_ranks_agree(group, {config_to_yaml(ctx.config), ctx.fingerprint, trainable_weights_sha256(ctx.params)});
   const auto& betas = ctx.config.train.adam_betas;
   ctx.optimizer = std::make_unique<AdamW>(
