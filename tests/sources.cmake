@@ -14,3 +14,4 @@ set(SFT_TEST_SOURCES
 list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_checkpoint.cpp)
 list(APPEND SFT_TEST_SOURCES tests/launch_test_util.cpp tests/test_launch.cpp tests/test_launch_signals.cpp)  # sft launch
+list(APPEND SFT_TEST_SOURCES tests/test_fused_ops.cpp)  # fused RMSNorm / SwiGLU / RoPE / linear CE
