@@ -22,10 +22,11 @@ void rmsnorm_forward(const Scalar* x, const Scalar* weight, Scalar* y, Scalar* r
     for (int64_t r = r0; r < r1; ++r) {
       const Scalar* xr = x + r * cols;
       Scalar* yr = y + r * cols;
-      Scalar ss = 0;
+      double ss = 0;  // fp64 sum of squares: the fp32 statistic is then correctly rounded, whatever the order
 #pragma omp simd reduction(+ : ss)
-      for (int64_t c = 0; c < cols; ++c) ss += xr[c] * xr[c];
-      const Scalar inv = Scalar(1) / std::sqrt(ss / static_cast<Scalar>(cols) + static_cast<Scalar>(eps));
+      for (int64_t c = 0; c < cols; ++c) ss += static_cast<double>(xr[c]) * xr[c];
+      const Scalar variance = static_cast<Scalar>(ss / static_cast<double>(cols));
+      const Scalar inv = Scalar(1) / std::sqrt(variance + static_cast<Scalar>(eps));
       rstd[r] = inv;
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) yr[c] = weight[c] * (xr[c] * inv);
@@ -48,12 +49,14 @@ void rmsnorm_backward(const Scalar* dy, const Scalar* x, const Scalar* weight, c
         const Scalar* gr = dy + r * cols;
         Scalar* dxr = dx + r * cols;
         const Scalar inv = rstd[r];
-        Scalar dot = 0;  // sum(w * dy * xhat)
-#pragma omp simd reduction(+ : dot)
-        for (int64_t c = 0; c < cols; ++c) dot += weight[c] * gr[c] * (xr[c] * inv);
-        dot /= static_cast<Scalar>(cols);
+        // The composite's autograd order (mul, rsqrt, mean, pow backward), so fp32 rounding follows it:
+        //   dr = sum(w*dy * x); dm = (-0.5 * dr) * rstd^3 / cols; dx = w*dy * rstd + dm * (2 * x)
+        double dr = 0;
+#pragma omp simd reduction(+ : dr)
+        for (int64_t c = 0; c < cols; ++c) dr += static_cast<double>((weight[c] * gr[c]) * xr[c]);
+        const Scalar dm = (Scalar(-0.5) * static_cast<Scalar>(dr)) * (inv * inv * inv) / static_cast<Scalar>(cols);
 #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) dxr[c] = inv * (weight[c] * gr[c] - (xr[c] * inv) * dot);
+        for (int64_t c = 0; c < cols; ++c) dxr[c] = (weight[c] * gr[c]) * inv + dm * (Scalar(2) * xr[c]);
         if (acc) {
 #pragma omp simd
           for (int64_t c = 0; c < cols; ++c) acc[c] += gr[c] * (xr[c] * inv);
@@ -86,7 +89,7 @@ void swiglu_backward(const Scalar* dout, const Scalar* gate, const Scalar* up, S
     for (int64_t i = i0; i < i1; ++i) {
       const Scalar g = gate[i];
       const Scalar sig = Scalar(1) / (Scalar(1) + std::exp(-g));
-      dup[i] = dout[i] * g * sig;
+      dup[i] = dout[i] * (g / (Scalar(1) + std::exp(-g)));  // silu(g) exactly as the forward rounds it
       dgate[i] = dout[i] * up[i] * sig * (Scalar(1) + g * (Scalar(1) - sig));
     }
   });
