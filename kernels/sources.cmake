@@ -5,11 +5,14 @@ set(SFT_KERNEL_SOURCES
   kernels/fused_attention.cpp
   kernels/cpu/attention_cpu.cpp
 )
+# Fused RMSNorm / SwiGLU / rotary / linear cross-entropy: binding + CPU twins (kernels/fused_ops.h).
+list(APPEND SFT_KERNEL_SOURCES kernels/fused_ops.cpp kernels/cpu/fused_ops_cpu.cpp)
 # Device code + torch-free launchers (compiled only when nvcc is found; SFT_WITH_CUDA is then defined).
 set(SFT_KERNEL_CUDA_SOURCES
   kernels/attention_fwd.cu
   kernels/attention_bwd.cu
 )
+list(APPEND SFT_KERNEL_CUDA_SOURCES kernels/rmsnorm.cu kernels/swiglu.cu kernels/rope.cu kernels/linear_ce.cu)
 # CUDA build checks (ptxas spills / stack frames / shared memory, tensor-core SASS), for CTest:
 #   if(SFT_CUDA)
 #     add_test(NAME ${SFT_KERNEL_CUDA_BUILD_TEST_NAME} COMMAND ${SFT_KERNEL_CUDA_BUILD_TEST_COMMAND})
@@ -20,3 +23,5 @@ set(SFT_KERNEL_CUDA_BUILD_TEST_COMMAND
   --build-dir ${CMAKE_BINARY_DIR} --arch 80 --arch 90)
 # The CPU twin's tile loops are written to auto-vectorise; -O3 turns that on at every build type.
 set_source_files_properties(kernels/cpu/attention_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3")
+# The fused-op CPU twins: `omp simd` loops (vectorised without -ffast-math).
+set_source_files_properties(kernels/cpu/fused_ops_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3;-fopenmp-simd")

@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <optional>
+#include <tuple>
+#include <utility>
 
 #include "common/autocast.h"
 
@@ -33,16 +35,12 @@ at::Tensor ProjectionImpl::forward(const at::Tensor& x) {
 
 // ---------------------------------------------------------------------------------------------------
 // RMSNorm: weight * (x / sqrt(mean(x^2) + eps)), statistics in fp32, result cast back before the scale.
-RMSNormImpl::RMSNormImpl(int64_t size, double eps_, const at::TensorOptions& options) : eps(eps_) {
+RMSNormImpl::RMSNormImpl(int64_t size, double eps_, const at::TensorOptions& options, SharedOpTable ops)
+    : eps(eps_), ops_(std::move(ops)) {
   weight = register_parameter("weight", at::ones({size}, options));
 }
 
-at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  at::Tensor x32 = x.to(at::kFloat);
-  at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
-  at::Tensor normed = (x32 * at::rsqrt(variance + eps)).to(x.scalar_type());
-  return weight * normed;
-}
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) { return ops_->rms_norm(x, weight, eps); }
 
 // ---------------------------------------------------------------------------------------------------
 // Rotary embedding
@@ -78,26 +76,13 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::tables(const at::Tensor& posi
   return {angles.cos().to(dtype), angles.sin().to(dtype)};
 }
 
-namespace {
-
-// [..., d] -> [..., d] with halves (x1, x2) -> (-x2, x1)
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
-}
-
-// x: [T, H, D]; cos/sin: [T, D]
-at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
-  return x * c + rotate_half(x) * s;
-}
-
-}  // namespace
-
 // ---------------------------------------------------------------------------------------------------
 // Attention
-AttentionImpl::AttentionImpl(const ModelConfig& config, const at::TensorOptions& options)
-    : num_heads(config.num_attention_heads), num_kv_heads(config.num_key_value_heads), head_dim(config.head_dim) {
+AttentionImpl::AttentionImpl(const ModelConfig& config, const at::TensorOptions& options, SharedOpTable ops)
+    : num_heads(config.num_attention_heads),
+      num_kv_heads(config.num_key_value_heads),
+      head_dim(config.head_dim),
+      ops_(std::move(ops)) {
   const int64_t hidden = config.hidden_size;
   const bool qkv_bias = config.attention_bias;
   q_proj = register_module("q_proj", Projection(hidden, num_heads * head_dim, qkv_bias, options));
@@ -114,8 +99,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
   at::Tensor q = q_proj->forward(x).view({tokens, num_heads, head_dim});     // [T, Hq, D]
   at::Tensor k = k_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
   at::Tensor v = v_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
-  q = apply_rotary(q, cos, sin);
-  k = apply_rotary(k, cos, sin);
+  std::tie(q, k) = ops_->rotary(q, k, cos, sin);  // x * cos + rotate_half(x) * sin
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   at::Tensor attended = kernels::varlen_attention(q, k, v, seqs, scale, /*causal=*/true, impl);  // [T, Hq, D]
   return o_proj->forward(attended.reshape({tokens, num_heads * head_dim}));
@@ -123,7 +107,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
 
 // ---------------------------------------------------------------------------------------------------
 // MLP
-MLPImpl::MLPImpl(const ModelConfig& config, const at::TensorOptions& options) {
+MLPImpl::MLPImpl(const ModelConfig& config, const at::TensorOptions& options, SharedOpTable ops)
+    : ops_(std::move(ops)) {
   const int64_t hidden = config.hidden_size, inner = config.intermediate_size;
   gate_proj = register_module("gate_proj", Projection(hidden, inner, config.mlp_bias, options));
   up_proj = register_module("up_proj", Projection(hidden, inner, config.mlp_bias, options));
@@ -131,17 +116,19 @@ MLPImpl::MLPImpl(const ModelConfig& config, const at::TensorOptions& options) {
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) {
-  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+  return down_proj->forward(ops_->swiglu(gate_proj->forward(x), up_proj->forward(x)));
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Decoder layer: pre-norm residual blocks.
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options) {
-  self_attn = register_module("self_attn", Attention(config, options));
-  mlp = register_module("mlp", MLP(config, options));
-  input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options,
+                                   const SharedOpTable& ops) {
+  self_attn = register_module("self_attn", Attention(config, options, ops));
+  mlp = register_module("mlp", MLP(config, options, ops));
+  input_layernorm =
+      register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options, ops));
   post_attention_layernorm =
-      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options, ops));
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
@@ -150,13 +137,13 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos,
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
-DecoderImpl::DecoderImpl(const ModelConfig& config, const at::TensorOptions& options) {
+DecoderImpl::DecoderImpl(const ModelConfig& config, const at::TensorOptions& options, const SharedOpTable& ops) {
   embed_tokens = register_module(
       "embed_tokens", torch::nn::Embedding(torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size)));
   embed_tokens->weight.set_data(embed_tokens->weight.to(options));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(DecoderLayer(config, options));
-  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(DecoderLayer(config, options, ops));
+  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, options, ops));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -214,9 +201,13 @@ struct LayerRecompute : public torch::autograd::Function<LayerRecompute> {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
-CausalLMImpl::CausalLMImpl(const ModelConfig& config, const at::TensorOptions& options)
-    : config_(config), rotary_(config) {
-  model = register_module("model", Decoder(config, options));
+CausalLMImpl::CausalLMImpl(const ModelConfig& config, const at::TensorOptions& options,
+                           const kernels::FusedOps& fused)
+    : config_(config),
+      rotary_(config),
+      fused_(fused),
+      ops_(std::make_shared<kernels::OpTable>(kernels::op_table(fused))) {
+  model = register_module("model", Decoder(config, options, ops_));
   if (!config.tie_word_embeddings) {
     lm_head = register_module("lm_head", Projection(config.hidden_size, config.vocab_size, false, options));
   }
@@ -250,6 +241,15 @@ const at::Tensor& CausalLMImpl::output_weight() {
 at::Tensor CausalLMImpl::logits(const at::Tensor& hidden) {
   if (lm_head) return lm_head->forward(hidden);
   return at::linear(hidden, model->embed_tokens->weight);
+}
+
+at::Tensor CausalLMImpl::target_loss_sum(const at::Tensor& hidden_at_targets, const at::Tensor& target_ids) {
+  return ops_->linear_ce_sum(hidden_at_targets, output_weight(), target_ids);
+}
+
+void CausalLMImpl::set_fused_ops(const kernels::FusedOps& fused) {
+  fused_ = fused;
+  *ops_ = kernels::op_table(fused);  // the one table every module points at
 }
 
 }  // namespace sft::model

@@ -2,17 +2,23 @@
 // nothing else. Module and parameter names equal transformers' (model.layers.0.self_attn.q_proj.weight),
 // so model/weights.cpp maps checkpoint names through one table and LoRA keeps the base names.
 // Tokens travel in the packed layout: T tokens of every document of a micro-batch in one stream.
+// RMSNorm, rotary embedding, SwiGLU and the target loss go through one kernels::OpTable shared by every
+// module (`model.fused_ops`): the fused kernels or the composite ATen math, chosen once, never per call.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
 
 #include <memory>
+#include <utility>
 
 #include "kernels/ops.h"
 #include "model/config.h"
 
 namespace sft::model {
+
+// The op implementations every module of one model calls (kernels/ops.h); owned by CausalLM.
+using SharedOpTable = std::shared_ptr<const kernels::OpTable>;
 
 // y = x W^T + b. Subclassed by LoRA (model/lora.h), which overrides forward and keeps `weight`/`bias`.
 class ProjectionImpl : public torch::nn::Module {
@@ -31,10 +37,13 @@ TORCH_MODULE(Projection);
 
 class RMSNormImpl : public torch::nn::Module {
  public:
-  RMSNormImpl(int64_t size, double eps, const at::TensorOptions& options);
+  RMSNormImpl(int64_t size, double eps, const at::TensorOptions& options, SharedOpTable ops);
   at::Tensor forward(const at::Tensor& x);  // [..., size]; statistics in fp32 as transformers does
   at::Tensor weight;                        // [size]
   double eps;
+
+ private:
+  SharedOpTable ops_;
 };
 TORCH_MODULE(RMSNorm);
 
@@ -52,26 +61,32 @@ class RotaryEmbedding {
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(const ModelConfig& config, const at::TensorOptions& options);
+  AttentionImpl(const ModelConfig& config, const at::TensorOptions& options, SharedOpTable ops);
   // x: [T, hidden]; cos/sin: [T, head_dim] -> [T, hidden]
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const kernels::PackedSequences& seqs, kernels::AttentionImpl impl);
   Projection q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t num_heads, num_kv_heads, head_dim;
+
+ private:
+  SharedOpTable ops_;
 };
 TORCH_MODULE(Attention);
 
 class MLPImpl : public torch::nn::Module {
  public:
-  MLPImpl(const ModelConfig& config, const at::TensorOptions& options);
+  MLPImpl(const ModelConfig& config, const at::TensorOptions& options, SharedOpTable ops);
   at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x)); [T, hidden] -> [T, hidden]
   Projection gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  SharedOpTable ops_;
 };
 TORCH_MODULE(MLP);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options);
+  DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options, const SharedOpTable& ops);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const kernels::PackedSequences& seqs, kernels::AttentionImpl impl);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -83,7 +98,7 @@ TORCH_MODULE(DecoderLayer);
 // HF's `model.` prefix: embeddings, the layer stack and the final norm.
 class DecoderImpl : public torch::nn::Module {
  public:
-  DecoderImpl(const ModelConfig& config, const at::TensorOptions& options);
+  DecoderImpl(const ModelConfig& config, const at::TensorOptions& options, const SharedOpTable& ops);
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
@@ -97,7 +112,9 @@ struct ForwardOptions {
 
 class CausalLMImpl : public torch::nn::Module {
  public:
-  CausalLMImpl(const ModelConfig& config, const at::TensorOptions& options);
+  // fused: which ops use the fused kernels (`model.fused_ops`, default auto = all).
+  CausalLMImpl(const ModelConfig& config, const at::TensorOptions& options,
+               const kernels::FusedOps& fused = kernels::FusedOps::all());
 
   // input_ids, position_ids: int64 [T] -> final hidden states [T, hidden] (after the final norm).
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& position_ids,
@@ -105,6 +122,14 @@ class CausalLMImpl : public torch::nn::Module {
   // Vocabulary projection of selected rows only: hidden [N, hidden] -> logits [N, vocab].
   at::Tensor logits(const at::Tensor& hidden);
   const at::Tensor& output_weight();  // lm_head.weight, or embed_tokens.weight when tied
+  // Sum over the N target rows of the token cross-entropy of their next-token logits, fp32 scalar:
+  //   hidden_at_targets [N, hidden], target_ids int64 [N]. With fused linear_ce it never builds the
+  //   [N, vocab] logits (kernels/fused_ops.h); otherwise cross_entropy(logits(hidden).float(), sum).
+  at::Tensor target_loss_sum(const at::Tensor& hidden_at_targets, const at::Tensor& target_ids);
+
+  // Switches every module to `fused` (the setup step applies `model.fused_ops` once, before training).
+  void set_fused_ops(const kernels::FusedOps& fused);
+  const kernels::FusedOps& fused_ops() const { return fused_; }
 
   const ModelConfig& config() const { return config_; }
   Decoder model{nullptr};
@@ -113,6 +138,8 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   ModelConfig config_;
   RotaryEmbedding rotary_;
+  kernels::FusedOps fused_;
+  std::shared_ptr<kernels::OpTable> ops_;  // shared (read-only) by every module
 };
 TORCH_MODULE(CausalLM);
 

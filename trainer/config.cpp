@@ -23,6 +23,7 @@ void visit_fields(Config& c, V& v) {
   v("model.path", c.model.path, "HF model directory: config.json + model.safetensors or sharded index (required)");
   v("model.dtype", c.model.dtype, "compute dtype: auto|float32|bfloat16|float16 (CPU auto = float32, CUDA auto = bfloat16)");
   v("model.attention", c.model.attention, "attention implementation: auto|fused|sdpa|eager");
+  v("model.fused_ops", c.model.fused_ops, "fused kernels: auto (all) | none (composite ATen ops) | list of rmsnorm, rope, swiglu, linear_ce");
   v("model.gradient_checkpointing", c.model.gradient_checkpointing, "recompute layer activations in backward to save memory");
   v("model.deterministic_attention", c.model.deterministic_attention,
     "fused attention backward without atomics: bitwise reproducible dQ, costs an extra pass over the keys");
@@ -278,6 +279,11 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   check(!c.data.train.empty(), "data.train is required");
   one_of("model.dtype", c.model.dtype, {"auto", "float32", "bfloat16", "float16"});
   one_of("model.attention", c.model.attention, {"auto", "fused", "sdpa", "eager"});
+  for (const std::string& op : c.model.fused_ops) {
+    const bool single = c.model.fused_ops.size() == 1 && (op == "auto" || op == "none");
+    check(single || op == "rmsnorm" || op == "rope" || op == "swiglu" || op == "linear_ce",
+          "model.fused_ops: unknown op '" + op + "' (auto, none, or a list of rmsnorm, rope, swiglu, linear_ce)");
+  }
   one_of("data.format", c.data.format, {"auto", "alpaca", "prompt_response", "messages", "sharegpt", "tokenized"});
   one_of("data.template", c.data.chat_template, {"auto", "chatml", "llama2", "llama3", "mistral", "alpaca", "plain"});
   one_of("data.truncation", c.data.truncation, {"right", "drop"});

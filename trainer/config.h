@@ -15,6 +15,7 @@ struct ModelOptions {
   std::string path;                    // HF model dir (required)
   std::string dtype = "auto";          // auto|float32|bfloat16|float16
   std::string attention = "auto";      // auto|fused|sdpa|eager
+  std::vector<std::string> fused_ops{"auto"};  // auto | none | list of rmsnorm, rope, swiglu, linear_ce
   bool gradient_checkpointing = false;
   bool deterministic_attention = false;  // fused attention's deterministic backward (kernels/README.md)
 };
