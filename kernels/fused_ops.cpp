@@ -444,8 +444,15 @@ bool fused_ops_have_cuda() {
 }
 
 // ---- model.fused_ops and the op table ----
-FusedOps parse_fused_ops(const std::vector<std::string>& names) {
-  if (names.size() == 1 && names[0] == "auto") return FusedOps::all();
+FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device) {
+  if (names.size() == 1 && names[0] == "auto") {
+    // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm and RoPE on the
+    // CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits: opt in). On CUDA
+    // none yet: the CUDA kernels have not run on a GPU (the GPU proof, scripts/gpu_run.sh, runs them).
+    FusedOps ops;
+    if (device == at::kCPU) ops.rmsnorm = ops.rope = true;
+    return ops;
+  }
   if (names.size() == 1 && names[0] == "none") return FusedOps{};
   FusedOps ops;
   std::string bad;

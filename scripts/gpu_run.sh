@@ -3,7 +3,7 @@
 # one call on a lent GPU machine (torch + transformers + peft for its python3, no internet), within an
 # 8-minute budget with a timeout per step. Writes at most 6 files to $OUT (default gpu-bundle/out):
 #   device.txt          nvidia-smi, torch/CUDA/cuDNN versions, SM count, the bundle's MANIFEST
-#   attention_tests.log every AttentionCuda test (none may skip)
+#   attention_tests.log every AttentionCuda and FusedOpsCuda test (none may skip)
 #   attention_bench.md  bench_attention --cuda: ours vs SDPA flash/cuDNN/mem-efficient and LibTorch's
 #                       FlashAttention-2 varlen, seq 512-8k, head_dim 64/128, causal or not, + a packed mix
 #   train.md            sft train on SmolLM2-135M-shaped random weights, bf16 mixed precision, LoRA and
@@ -94,7 +94,7 @@ step0() {
   [[ -z "$problems" ]] || { record "0 bundle" FAILED "torch resolved outside $TORCH_DIR: $problems"; return; }
   ours "$HERE/bin/sft" --version >"$WORK/version" 2>&1 || { record "0 bundle" FAILED "sft --version: $(cat "$WORK/version")"; return; }
   ours "$HERE/bin/sft" help config >"$WORK/help_config" 2>&1 || { record "0 bundle" FAILED "sft help config failed"; return; }
-  ours "$HERE/bin/sft_tests" --gtest_list_tests --gtest_filter='AttentionCuda*' >"$WORK/tests_list" 2>&1 ||
+  ours "$HERE/bin/sft_tests" --gtest_list_tests --gtest_filter='AttentionCuda*:FusedOpsCuda*' >"$WORK/tests_list" 2>&1 ||
     { record "0 bundle" FAILED "sft_tests does not start: $(tail -3 "$WORK/tests_list")"; return; }
   N_CUDA_TESTS=$(grep -c '^  ' "$WORK/tests_list")
   ((N_CUDA_TESTS > 0)) || { record "0 bundle" FAILED "no AttentionCuda tests listed"; return; }
@@ -135,12 +135,12 @@ fi
 
 # ---- 2. every AttentionCuda test, none skipped ----
 {
-  echo "# bin/sft_tests --gtest_filter='AttentionCuda*' ($MODE)"
-  budget 150 env SFT_TEST_SEED="${SFT_TEST_SEED:-}" LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/sft_tests" --gtest_filter='AttentionCuda*'
+  echo "# bin/sft_tests --gtest_filter='AttentionCuda*:FusedOpsCuda*' ($MODE)"
+  budget 150 env SFT_TEST_SEED="${SFT_TEST_SEED:-}" LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/sft_tests" --gtest_filter='AttentionCuda*:FusedOpsCuda*'
   echo "exit status: $?"
 } >"$OUT/attention_tests.log" 2>&1
 rc=$(sed -n 's/^exit status: //p' "$OUT/attention_tests.log")
-skipped=$(grep -cE '^\[  SKIPPED \] AttentionCuda\.[A-Za-z0-9_]+ \([0-9]+ ms\)' "$OUT/attention_tests.log")
+skipped=$(grep -cE '^\[  SKIPPED \] (AttentionCuda|FusedOpsCuda)\.[A-Za-z0-9_]+ \([0-9]+ ms\)' "$OUT/attention_tests.log")
 passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) tests\{0,1\}.*/\1/p' "$OUT/attention_tests.log")
 if ((DRY)); then
   if [[ "$rc" == 0 ]] && ((skipped == N_CUDA_TESTS)); then

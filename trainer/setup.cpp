@@ -120,8 +120,8 @@ TrainableSummary count_parameters(model::CausalLM& lm) {
 }
 
 TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config) {
-  // model.fused_ops first: the op choice is part of the model the method transforms (default auto = all).
-  lm->set_fused_ops(kernels::parse_fused_ops(config.model.fused_ops));
+  // model.fused_ops first: the op choice is part of the model the method transforms (auto depends on the device).
+  lm->set_fused_ops(kernels::parse_fused_ops(config.model.fused_ops, lm->output_weight().device().type()));
   const std::string& method = config.finetune.method;
   if (method == "lora") {
     model::LoraSpec spec = lora_spec_from(config);

@@ -95,6 +95,8 @@ at::Tensor masked_loss_sum(model::CausalLM& lm, const data::Batch& batch, const 
     const AutocastScope autocast(runtime);
     at::Tensor hidden = lm->forward(batch.input_ids, batch.position_ids, seqs, runtime.forward_options());  // [T, H]
     at::Tensor selected = hidden.index_select(0, batch.target_positions);                                  // [N, H]
+    // model.fused_ops linear_ce: chunked lm_head + cross-entropy, the [N, V] logits never exist.
+    if (lm->fused_ops().linear_ce) return lm->target_loss_sum(selected, batch.target_ids);
     logits = lm->logits(selected);
   }
   return at::cross_entropy_loss(logits.to(at::kFloat), batch.target_ids, {}, at::Reduction::Sum);
