@@ -10,6 +10,7 @@
 
 #include "common/errors.h"
 #include "data/pipeline.h"
+#include "kernels/ops.h"
 #include "model/weights.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
@@ -110,6 +111,9 @@ int command_eval(const std::vector<std::string>& args) {
   const Evaluator evaluator(config, runtime, model_config, tokenizer.get(), data.eval);
   std::string described;
   model::CausalLM lm = load_scored_model(config, runtime, cli, described);
+  // The same op choice as training (model.fused_ops), so a run's last eval.jsonl line equals `sft eval`
+  // of its adapter, checkpoint or exported model to the last digit, whichever path loaded it.
+  lm->set_fused_ops(kernels::parse_fused_ops(config.model.fused_ops, runtime.device.type()));
 
   const fs::path out_dir = cli.value("--out") ? fs::path(*cli.value("--out")) : fs::path(config.output_dir) / "eval";
   fs::create_directories(out_dir);
