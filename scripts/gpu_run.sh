@@ -337,6 +337,12 @@ if ! grep -q '^ *dist\.' "$WORK/help_config" 2>/dev/null; then
   record "6 NCCL world size 1" skipped "sft help config lists no dist.* keys: multi-process training has not landed"
 elif ((!HAVE_GPU)); then
   record "6 NCCL world size 1" skipped "dry run: NCCL needs a GPU (dist.* keys present)"
+elif true; then
+  # sft runs WORLD_SIZE=1 without a process group (exactly the single-process path), and NCCL refuses two
+  # ranks on one GPU, so on a one-GPU machine this step cannot reach NCCL yet. What it needs: an option
+  # that builds the process group at world size 1. Until then it says so instead of passing vacuously.
+  echo "Not run: world size 1 creates no process group in sft; NCCL needs 2+ GPUs or a world-size-1 group option." >>"$TRAIN_MD"
+  record "6 NCCL world size 1" skipped "sft builds no process group at world size 1; NCCL is not reached on one GPU yet"
 else
   sed 's/max_steps: [0-9]*/max_steps: 5/' "$WORK/runs/lora-fused.yaml" >"$WORK/nccl.yaml"
   budget 60 env LD_LIBRARY_PATH="$OUR_LD" RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
