@@ -303,8 +303,13 @@ TEST(FusedOpsModel, EveryFusedOpMatchesTheCompositeModel) {
   auto [loss_none, grads_none] = run(FusedOps{});
   auto [loss_fused, grads_fused] = run(FusedOps::all());
   EXPECT_NEAR(loss_fused.item<double>(), loss_none.item<double>(), 1e-5 * loss_none.item<double>());
+  // Relative to each gradient's scale (the project's 1e-5 * max|ref| rule): the embedding gradient reaches
+  // |g| ~ 8 here, and on a loaded machine the two paths were seen to differ by up to 1.3e-5 there (1.6e-6
+  // relative, fp32 summation order), which an absolute 1e-5 bound failed at random.
   for (size_t i = 0; i < grads_none.size(); ++i) {
-    EXPECT_LE((grads_fused[i] - grads_none[i]).abs().max().item<double>(), 1e-5) << "parameter " << i;
+    const double scale = std::max(1.0, grads_none[i].abs().max().item<double>());
+    EXPECT_LE((grads_fused[i] - grads_none[i]).abs().max().item<double>(), 1e-5 * scale)
+        << "parameter " << i << ", max |grad| " << scale;
   }
 }
 

@@ -131,7 +131,7 @@ TEST(LaunchStore, SecondLauncherOnTheSamePortExits2) {
 // and read each other's: the store works for what the ranks will really do.
 TEST(LaunchStore, TorchClientsSetAndGetKeysThroughIt) {
   const fs::path python = test::source_dir() / ".venv" / "bin" / "python";
-  if (!fs::exists(python)) GTEST_SKIP() << "no " << python << " (scripts/setup.sh makes it)";
+  ASSERT_TRUE(fs::exists(python)) << "no " << python << " (scripts/setup.sh makes it)";
   test::TempDir tmp;
   const std::string client =
       "import datetime, os\n"
@@ -246,7 +246,7 @@ TEST(LaunchPort, MasterPortInUseExits2NamingThePort) {
 // documented exceptions.
 TEST(LaunchReference, TorchrunSetsTheSameEnvironment) {
   const fs::path torchrun = test::source_dir() / ".venv" / "bin" / "torchrun";
-  if (!fs::exists(torchrun)) GTEST_SKIP() << "no " << torchrun << " (scripts/setup.sh installs torch)";
+  ASSERT_TRUE(fs::exists(torchrun)) << "no " << torchrun << " (scripts/setup.sh installs torch)";
   test::TempDir ours, theirs;
   const std::string port = std::to_string(free_port());
   const std::vector<std::string> common = {"--nnodes", "1", "--node_rank", "0", "--master_addr", "127.0.0.1",
