@@ -6,11 +6,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh >/dev/null
-bash scripts/build.sh sft >/dev/null
-bash scripts/get_model.sh >/dev/null
-.venv/bin/python scripts/make_quiz_data.py >/dev/null
-.venv/bin/python scripts/make_train_golden.py >/dev/null
+source scripts/bench_prepare.sh
 for model in tiny smollm2; do
   .venv/bin/python scripts/bench_train.py --model "$model" "$@"
 done
