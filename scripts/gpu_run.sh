@@ -332,26 +332,29 @@ fi
 
 # ---- 6. NCCL: a world-size-1 process group training a few steps with allreduce on ----
 echo -e "\n## NCCL, world size 1" >>"$TRAIN_MD"
-if ! grep -q '^ *dist\.' "$WORK/help_config" 2>/dev/null; then
-  echo "Skipped: this sft has no dist.* config keys (multi-process training has not landed)." >>"$TRAIN_MD"
-  record "6 NCCL world size 1" skipped "sft help config lists no dist.* keys: multi-process training has not landed"
+if ! grep -q 'dist\.force_process_group' "$WORK/help_config" 2>/dev/null; then
+  echo "Skipped: this sft has no dist.force_process_group key (no process group at world size 1)." >>"$TRAIN_MD"
+  record "6 NCCL world size 1" skipped "sft help config lists no dist.force_process_group: world size 1 builds no group"
 elif ((!HAVE_GPU)); then
-  record "6 NCCL world size 1" skipped "dry run: NCCL needs a GPU (dist.* keys present)"
-elif true; then
-  # sft runs WORLD_SIZE=1 without a process group (exactly the single-process path), and NCCL refuses two
-  # ranks on one GPU, so on a one-GPU machine this step cannot reach NCCL yet. What it needs: an option
-  # that builds the process group at world size 1. Until then it says so instead of passing vacuously.
-  echo "Not run: world size 1 creates no process group in sft; NCCL needs 2+ GPUs or a world-size-1 group option." >>"$TRAIN_MD"
-  record "6 NCCL world size 1" skipped "sft builds no process group at world size 1; NCCL is not reached on one GPU yet"
+  record "6 NCCL world size 1" skipped "dry run: NCCL needs a GPU (dist.force_process_group present)"
+elif [[ ! -f "$WORK/runs/lora-fused.yaml" ]]; then
+  record "6 NCCL world size 1" FAILED "no training config (step 4)"
 else
+  # dist.force_process_group builds a real NCCL group of one under torchrun's environment: the gradient
+  # buckets and the per-step [loss, stop] allreduce run through NCCL (comm_wait_s is logged only then).
   sed 's/max_steps: [0-9]*/max_steps: 5/' "$WORK/runs/lora-fused.yaml" >"$WORK/nccl.yaml"
-  budget 60 env LD_LIBRARY_PATH="$OUR_LD" RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
-    MASTER_PORT=29517 "$HERE/bin/sft" train "$WORK/nccl.yaml" output_dir="$WORK/runs/nccl" --force >"$WORK/nccl.log" 2>&1
+  budget 90 env LD_LIBRARY_PATH="$OUR_LD" RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
+    MASTER_PORT=29517 "$HERE/bin/sft" train "$WORK/nccl.yaml" output_dir="$WORK/runs/nccl" dist.backend=nccl \
+    dist.force_process_group=true --force >"$WORK/nccl.log" 2>&1
   rc=$?
   { echo "== NCCL world size 1 (exit $rc)"; tail -25 "$WORK/nccl.log"; } >>"$LOGS"
-  { echo "exit $rc; metrics lines: $(wc -l <"$WORK/runs/nccl/metrics.jsonl" 2>/dev/null || echo 0)"; } >>"$TRAIN_MD"
-  ((rc == 0)) && record "6 NCCL world size 1" ok "5 steps under torchrun's environment" ||
-    record "6 NCCL world size 1" FAILED "exit $rc (train_logs.txt)"
+  comm_lines=$(grep -c comm_wait_s "$WORK/runs/nccl/metrics.jsonl" 2>/dev/null || echo 0)
+  { echo "exit $rc; metrics lines with comm_wait_s: $comm_lines"; grep -m1 "processes (" "$WORK/nccl.log"; } >>"$TRAIN_MD"
+  if ((rc == 0)) && grep -q "1 processes (nccl)" "$WORK/nccl.log" && ((comm_lines > 0)); then
+    record "6 NCCL world size 1" ok "5 steps on an NCCL group of one, allreduce on ($comm_lines metrics lines)"
+  else
+    record "6 NCCL world size 1" FAILED "exit $rc, comm_wait_s lines $comm_lines (train_logs.txt)"
+  fi
 fi
 
 # ---- 7. attention: auto end to end (the race on the run's shape), if time is left ----

@@ -56,8 +56,23 @@ TEST(DistEnv, ReadsTorchrunsContract) {
 }
 
 TEST(DistEnv, WorldOfOneNeedsNoMaster) {
-  const DistEnv env = parse({{"RANK", "0"}, {"WORLD_SIZE", "1"}});
+  const DistEnv env = parse({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}});
   EXPECT_FALSE(env.distributed());
+  EXPECT_FALSE(env.use_agent_store);  // no MASTER_ADDR/PORT: no store to join (a forced group hosts its own)
+  EXPECT_EQ(env.master_port, 0);
+}
+
+// torchrun --nproc-per-node 1: a forced group of one (dist.force_process_group) joins the agent's store.
+TEST(DistEnv, WorldOfOneKeepsTheLaunchersStore) {
+  const DistEnv env = parse({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "29400"},
+                             {"TORCHELASTIC_USE_AGENT_STORE", "True"}});
+  EXPECT_FALSE(env.distributed());
+  EXPECT_TRUE(env.use_agent_store);
+  EXPECT_EQ(env.master_addr, "127.0.0.1");
+  EXPECT_EQ(env.master_port, 29400);
+  EXPECT_NE(error_of({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "0"}})
+                .find("MASTER_PORT=0 is not a port"),
+            std::string::npos);
 }
 
 TEST(DistEnv, BadPairsAreInputErrorsNamingTheVariable) {

@@ -85,6 +85,7 @@ void visit_fields(Config& c, V& v) {
   v("dist.backend", c.dist.backend, "multi-process backend: auto|gloo|nccl (auto: NCCL on CUDA, Gloo on CPU)");
   v("dist.timeout_s", c.dist.timeout_s, "timeout of every collective and store wait in seconds: a dead or hung rank fails the job after it");
   v("dist.bucket_mb", c.dist.bucket_mb, "gradient allreduce bucket size in MiB (buckets start during the last micro-batch's backward)");
+  v("dist.force_process_group", c.dist.force_process_group, "build the process group and run the collectives even at world size 1 (e.g. to check NCCL on one GPU); off: a world of one skips them");
 }
 
 std::string describe(const YAML::Node& node) {

@@ -87,6 +87,9 @@ struct DistOptions {
   std::string backend = "auto";  // auto|gloo|nccl (auto: NCCL on CUDA, Gloo on CPU)
   double timeout_s = 300;        // every collective and store wait; a dead or hung rank fails the job after this
   double bucket_mb = 25;         // gradient allreduce bucket size (trainer/grad_sync.h)
+  // Build the c10d process group and run every collective even in a world of one (no torchrun, or
+  // WORLD_SIZE=1): how one GPU proves NCCL works (scripts/gpu_run.sh). Costs a store and the allreduces.
+  bool force_process_group = false;
 };
 
 struct LogOptions {

@@ -67,14 +67,22 @@ DistEnv read_dist_env(const std::function<const char*(const char*)>& getenv) {
   const char* agent_store = getenv("TORCHELASTIC_USE_AGENT_STORE");
   env.use_agent_store = agent_store && (std::string(agent_store) == "True" || std::string(agent_store) == "true" ||
                                         std::string(agent_store) == "1");
+  // Required when there are other ranks to meet; at WORLD_SIZE=1 taken when given (a forced group of one
+  // under torchrun joins the agent's store), and the store is hosted here when not.
+  const char* addr = getenv("MASTER_ADDR");
+  const auto port = env_int(getenv, "MASTER_PORT");
   if (env.world_size > 1) {
-    const char* addr = getenv("MASTER_ADDR");
     if (!addr || !*addr) throw InputError("environment: WORLD_SIZE > 1 but MASTER_ADDR is not set");
-    env.master_addr = addr;
-    const auto port = env_int(getenv, "MASTER_PORT");
     if (!port) throw InputError("environment: WORLD_SIZE > 1 but MASTER_PORT is not set");
-    if (*port < 1 || *port > 65535) throw InputError("environment: MASTER_PORT=" + std::to_string(*port) + " is not a port");
+  }
+  if (port && (*port < 1 || *port > 65535)) {
+    throw InputError("environment: MASTER_PORT=" + std::to_string(*port) + " is not a port");
+  }
+  if (addr && *addr && port) {
+    env.master_addr = addr;
     env.master_port = *port;
+  } else {
+    env.use_agent_store = false;  // nothing to join
   }
   return env;
 }
@@ -96,14 +104,16 @@ std::string resolve_backend(const DistOptions& options, const at::Device& device
 }
 
 std::unique_ptr<Collectives> Collectives::connect(const DistEnv& env, const std::string& backend,
-                                                  std::chrono::milliseconds timeout) {
+                                                  std::chrono::milliseconds timeout, bool force_group) {
   auto out = std::make_unique<Collectives>();
   out->rank_ = env.rank;
   out->world_size_ = env.world_size;
   out->timeout_ = timeout;
-  if (!env.distributed()) return out;
+  if (backend == "none" || (!env.distributed() && !force_group)) return out;
 
-  // The store: a client of the launcher's (torchrun's agent, sft launch), else hosted by rank 0.
+  // The store: a client of the launcher's (torchrun's agent, sft launch), else hosted by rank 0. A
+  // forced group of one without a launcher hosts its own on loopback, on a free port (port 0).
+  const std::string master_addr = env.master_addr.empty() ? "127.0.0.1" : env.master_addr;
   c10d::TCPStoreOptions store_options;
   store_options.port = static_cast<uint16_t>(env.master_port);
   store_options.isServer = !env.use_agent_store && env.rank == 0;
@@ -112,9 +122,9 @@ std::unique_ptr<Collectives> Collectives::connect(const DistEnv& env, const std:
   store_options.timeout = timeout;
   c10::intrusive_ptr<c10d::Store> tcp;
   try {
-    tcp = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    tcp = c10::make_intrusive<c10d::TCPStore>(master_addr, store_options);
   } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(env.rank) + ": cannot reach the c10d store at " + env.master_addr +
+    throw std::runtime_error("rank " + std::to_string(env.rank) + ": cannot reach the c10d store at " + master_addr +
                              ":" + std::to_string(env.master_port) + " within dist.timeout_s: " + e.what());
   }
   auto attempt = c10::make_intrusive<c10d::PrefixStore>("/worker/attempt_" + std::to_string(env.restart_count), tcp);
@@ -125,7 +135,7 @@ std::unique_ptr<Collectives> Collectives::connect(const DistEnv& env, const std:
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname) {
       options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    } else if (is_loopback(env.master_addr)) {
+    } else if (is_loopback(master_addr)) {
       options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
     } else {
       options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());

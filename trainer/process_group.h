@@ -10,7 +10,9 @@
 // bounded by dist.timeout_s; Gloo's 30-minute default is never used.
 //
 // With no distributed environment (or WORLD_SIZE=1) the run is single-process and Collectives is a
-// world of one whose operations do nothing, so `sft train` behaves exactly as before.
+// world of one whose operations do nothing, so `sft train` behaves exactly as before; unless
+// dist.force_process_group asks for a real process group of one (rank 0 then hosts its own store on
+// MASTER_ADDR:MASTER_PORT, or on 127.0.0.1 and a free port without them), which is how one GPU runs NCCL.
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -54,15 +56,17 @@ class Collectives {
  public:
   // A world of one: every operation is a no-op (single-process runs).
   Collectives() = default;
-  // Joins the store and creates the process group for `backend` ("gloo"|"nccl"). Blocks until every
-  // rank has joined, or throws after dist.timeout_s.
+  // Joins the store and creates the process group for `backend` ("gloo"|"nccl"); "none" (or a world
+  // of one without `force_group`) gives the world of one. Blocks until every rank has joined, or
+  // throws after dist.timeout_s.
   static std::unique_ptr<Collectives> connect(const DistEnv& env, const std::string& backend,
-                                              std::chrono::milliseconds timeout);
+                                              std::chrono::milliseconds timeout, bool force_group = false);
   ~Collectives();
 
   int64_t rank() const { return rank_; }
   int64_t world_size() const { return world_size_; }
-  bool distributed() const { return world_size_ > 1; }
+  // A process group exists and collectives run: world size > 1, or a forced group of one.
+  bool distributed() const { return backend_.defined(); }
   bool is_main() const { return rank_ == 0; }
   const std::string& backend_name() const { return backend_name_; }
   std::chrono::milliseconds timeout() const { return timeout_; }

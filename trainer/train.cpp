@@ -406,9 +406,10 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
   TrainContext ctx;
   ctx.config = load_config(cli.positional()[0], cli.overrides());
   ctx.runtime = resolve_runtime(ctx.config, env.distributed() ? env.local_rank : 0);
-  const std::string backend = env.distributed() ? resolve_backend(ctx.config.dist, ctx.runtime.device) : "none";
+  const bool group_wanted = env.distributed() || ctx.config.dist.force_process_group;
+  const std::string backend = group_wanted ? resolve_backend(ctx.config.dist, ctx.runtime.device) : "none";
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(ctx.config.dist.timeout_s * 1000));
-  ctx.group = Collectives::connect(env, backend, timeout);
+  ctx.group = Collectives::connect(env, backend, timeout, ctx.config.dist.force_process_group);
   Collectives& group = *ctx.group;
   const bool main = group.is_main();
 

@@ -15,6 +15,7 @@ failure or at the end, so no test leaves processes behind.
   rank with exit 2 naming the rank; bad RANK/WORLD_SIZE and nccl on CPU exit 2.
 - Elastic: torchrun --max-restarts 1, SIGKILL rank 1 mid-run; the restarted group resumes and finishes
   with the uninterrupted run's losses.
+- dist.force_process_group: a Gloo group of one (alone and under torchrun) trains exactly as one process.
 - Held-out evaluation sharded over 2 ranks equals the single-process one (also with generation).
 - `sft launch` gives the same metrics and tensors as torchrun, bit for bit.
 """
@@ -190,6 +191,27 @@ def test_two_processes_equal_one_process_with_double_grad_accum(tmp_path, golden
     state = json.loads((complete_checkpoints(tmp_path / "dist")[-1] / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["grad_accum"] == 1
     assert (complete_checkpoints(tmp_path / "dist")[-1] / "ranks" / "rank-00001.json").exists()
+
+
+def test_forced_process_group_of_one_trains_exactly_as_a_single_process(tmp_path, golden_dir, sft_binary, procs):
+    # dist.force_process_group builds a real Gloo group of one (how the GPU proof reaches NCCL on one GPU):
+    # with no launcher (its own loopback store on a free port) and under torchrun --nproc-per-node 1. The
+    # collectives run (comm_wait_s is logged only when they do) and change nothing.
+    ref_cfg = write_config(tmp_path, golden_dir, "ref", LORA)
+    run_single(procs, sft_binary, ref_cfg)
+    ref = metrics(tmp_path / "ref")
+    assert "comm_wait_s" not in ref[0]
+    alone_cfg = write_config(tmp_path, golden_dir, "alone", LORA)
+    log = run_single(procs, sft_binary, alone_cfg, "dist.force_process_group=true")
+    assert "1 processes (gloo), global batch 4 rows" in log
+    torchrun_cfg = write_config(tmp_path, golden_dir, "torchrun1", LORA)
+    log = run_torchrun(procs, sft_binary, torchrun_cfg, "dist.force_process_group=true", nproc=1)
+    assert "1 processes (gloo), global batch 4 rows" in log
+    for name in ("alone", "torchrun1"):
+        ours = metrics(tmp_path / name)
+        assert all("comm_wait_s" in m for m in ours), name
+        expect_same_losses(ours, ref, rel=0.0)
+        expect_same_tensors(tmp_path / name, tmp_path / "ref")
 
 
 # ---- resume across world sizes --------------------------------------------------------------------------
