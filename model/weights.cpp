@@ -6,10 +6,10 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <set>
-#include <sstream>
 
 #include "common/errors.h"
+#include "common/text_file.h"
+#include "model/named_tensors.h"
 #include "model/safetensors.h"
 
 namespace sft::model {
@@ -59,14 +59,6 @@ bool is_ignorable_checkpoint_tensor(const std::string& name, const ModelConfig& 
 
 namespace {
 
-std::string shape_string(at::IntArrayRef shape) {
-  std::ostringstream out;
-  out << "[";
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << "]";
-  return out.str();
-}
-
 std::map<std::string, at::Tensor> parameters_by_name(torch::nn::Module& module) {
   std::map<std::string, at::Tensor> params;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) params[item.key()] = item.value();
@@ -77,42 +69,18 @@ std::map<std::string, at::Tensor> parameters_by_name(torch::nn::Module& module) 
 
 void load_weights(CausalLM& model, const fs::path& dir) {
   const ModelConfig& config = model->config();
-  CheckpointFiles files = CheckpointFiles::open(dir);
-  const std::vector<WeightEntry> table = weight_table(config);
+  const CheckpointFiles files = CheckpointFiles::open(dir);
   std::map<std::string, at::Tensor> params = parameters_by_name(*model);
-
-  std::set<std::string> expected;
-  std::vector<std::string> problems;
-  for (const WeightEntry& entry : table) {
-    expected.insert(entry.name);
-    if (!files.contains(entry.name)) {
-      problems.push_back("missing tensor '" + entry.name + "' (expected shape " + shape_string(entry.shape) + ")");
-      continue;
-    }
-    const StTensorInfo& info = files.info(entry.name);
-    if (info.shape != entry.shape) {
-      problems.push_back("tensor '" + entry.name + "' in " + files.file_of(entry.name) + " has shape " +
-                         shape_string(info.shape) + ", expected " + shape_string(entry.shape));
-    }
-  }
-  for (const std::string& name : files.tensor_names()) {
-    if (!expected.count(name) && !is_ignorable_checkpoint_tensor(name, config)) {
-      problems.push_back("unexpected tensor '" + name + "' in " + files.file_of(name));
-    }
-  }
-  if (!problems.empty()) {
-    std::string message = dir.string() + ": checkpoint does not match config.json:";
-    for (const std::string& problem : problems) message += "\n  - " + problem;
-    throw InputError(message);
-  }
-
-  torch::NoGradGuard no_grad;
-  for (const WeightEntry& entry : table) {
+  std::vector<TensorSlot> slots;
+  for (const WeightEntry& entry : weight_table(config)) {
     auto it = params.find(entry.name);
     if (it == params.end()) throw std::logic_error("weight table names unknown parameter " + entry.name);
-    at::Tensor& param = it->second;
-    param.copy_(files.load(entry.name, param.scalar_type()));
+    slots.push_back({entry.name, it->second});
   }
+  TensorMatchRules rules;
+  rules.heading = "checkpoint does not match config.json";
+  rules.ignorable = [&](const std::string& name) { return is_ignorable_checkpoint_tensor(name, config); };
+  load_named_tensors(NamedTensorSource::of(files, dir.string()), slots, rules);
 }
 
 CausalLM load_pretrained(const fs::path& dir, at::ScalarType dtype, const at::Device& device) {

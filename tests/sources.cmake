@@ -3,6 +3,7 @@ set(SFT_TEST_SOURCES
   tests/test_util.cpp
   tests/test_safetensors.cpp
   tests/test_model.cpp
+  tests/test_named_tensors.cpp
   tests/test_tokenizer.cpp
   tests/test_tokenizer_components.cpp
   tests/test_data.cpp

@@ -305,8 +305,38 @@ TEST(CheckpointFormat, LoadCheckpointWeightsForScoring) {
     load_checkpoint_weights(plain, run.checkpoint(2));
     ADD_FAILURE() << "expected InputError";
   } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("weights.safetensors: tensor 'model.layers."), std::string::npos) << e.what();
+    const std::string message = e.what();
+    EXPECT_NE(message.find("weights.safetensors: does not match the model's trainable parameters"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("missing tensor 'model.embed_tokens.weight'"), std::string::npos) << message;
+    EXPECT_NE(message.find("unexpected tensor 'model.layers."), std::string::npos) << message;
   }
+}
+
+// The full-disk injection is an options struct the caller passes (no environment): a budget of 100 bytes
+// cuts weights.safetensors, the save fails as ENOSPC naming the file, and no directory is left; without
+// the option the same contents save and verify.
+TEST(CheckpointFormat, InjectedWriteFailureLeavesNothing) {
+  test::TempDir tmp;
+  CheckpointContents contents;
+  contents.step = 3;
+  contents.weights = {{"w", at::arange(64, at::kFloat)}};
+  contents.optimizer = {{"w.exp_avg", at::zeros({64})}};
+  contents.trainer_state = {{"global_step", 3}};
+  const fs::path checkpoints = tmp.path() / "checkpoints";
+  try {
+    write_checkpoint(checkpoints, contents, CheckpointWriteOptions{100});
+    ADD_FAILURE() << "expected the injected failure";
+  } catch (const std::runtime_error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find(kCheckpointWeights + std::string(": write failed: No space left on device")), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("earlier checkpoints are intact"), std::string::npos) << message;
+  }
+  EXPECT_TRUE(fs::is_empty(checkpoints));
+  const fs::path saved = write_checkpoint(checkpoints, contents);
+  EXPECT_EQ(saved.filename(), "step-00000003");
+  EXPECT_NO_THROW(verify_checkpoint(saved));
 }
 
 TEST(CheckpointFormat, Sha256KnownAnswers) {

@@ -17,7 +17,10 @@
 #include <mutex>
 #include <regex>
 
+#include <openssl/evp.h>
+
 #include "common/errors.h"
+#include "model/named_tensors.h"
 #include "model/safetensors.h"
 #include "trainer/setup.h"
 
@@ -409,23 +412,15 @@ CheckpointContents read_checkpoint(const fs::path& dir) {
 
 void load_checkpoint_weights(model::CausalLM& lm, const fs::path& dir) {
   verify_checkpoint(dir);
-  const fs::path path = dir / kCheckpointWeights;
-  auto file = model::SafetensorsFile::open(path);
-  std::map<std::string, at::Tensor> params;
-  for (const auto& item : lm->named_parameters()) params.emplace(item.key(), item.value());
-  torch::NoGradGuard no_grad;
-  for (const model::StTensorInfo& info : file->header().tensors) {
-    auto it = params.find(info.name);
-    if (it == params.end()) {
-      throw InputError(path.string() + ": tensor '" + info.name +
-                       "' is not a parameter of the model (set up the run's finetune method first)");
-    }
-    if (info.shape != it->second.sizes().vec()) {
-      throw InputError(path.string() + ": tensor '" + info.name + "' has shape " +
-                       c10::str(c10::IntArrayRef(info.shape)) + " but the model expects " + c10::str(it->second.sizes()));
-    }
-    it->second.copy_(file->load(info.name, it->second.scalar_type()));
+  // The checkpoint holds exactly the run's trainable parameters: those the finetune method left trainable.
+  std::vector<model::TensorSlot> slots;
+  for (const auto& item : lm->named_parameters()) {
+    if (item.value().requires_grad()) slots.push_back({item.key(), item.value()});
   }
+  auto file = model::SafetensorsFile::open(dir / kCheckpointWeights);
+  model::TensorMatchRules rules;
+  rules.heading = "does not match the model's trainable parameters (set up the run's finetune method first)";
+  model::load_named_tensors(model::NamedTensorSource::of(*file), slots, rules);
 }
 
 json run_fingerprint(const Config& config) {

@@ -28,6 +28,7 @@
 #include "common/errors.h"
 #include "data/loader.h"
 #include "data/pipeline.h"
+#include "model/named_tensors.h"
 #include "model/weights.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
@@ -334,25 +335,13 @@ void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_
                      state_label, allow_batch_change);
 
   // Trainable weights: exactly our trainable parameters, by name and shape.
-  const std::string weights_label = (dir / kCheckpointWeights).string();
-  std::map<std::string, at::Tensor> saved(ckpt.weights.begin(), ckpt.weights.end());
-  {
-    torch::NoGradGuard no_grad;
-    for (const NamedParameter& p : ctx.params) {
-      auto it = saved.find(p.name);
-      if (it == saved.end()) throw InputError(weights_label + ": missing tensor '" + p.name + "'");
-      if (it->second.sizes() != p.tensor.sizes()) {
-        throw InputError(weights_label + ": tensor '" + p.name + "' has shape " + c10::str(it->second.sizes()) +
-                         " but the model expects " + c10::str(p.tensor.sizes()));
-      }
-      p.tensor.copy_(it->second);
-      saved.erase(it);
-    }
-  }
-  if (!saved.empty()) {
-    throw InputError(weights_label + ": tensor '" + saved.begin()->first +
-                     "' is not a trainable parameter of this run (different LoRA targets or freeze settings?)");
-  }
+  std::vector<model::TensorSlot> slots;
+  for (const NamedParameter& p : ctx.params) slots.push_back({p.name, p.tensor});
+  model::TensorMatchRules rules;
+  rules.heading = "does not match this run's trainable parameters";
+  rules.unexpected_hint = "(different LoRA targets or freeze settings?)";
+  model::load_named_tensors(model::NamedTensorSource::of(ckpt.weights, (dir / kCheckpointWeights).string()), slots,
+                            rules);
   ctx.optimizer->load_state(ckpt.optimizer, (dir / optimizer_shard_name(0)).string());
 
   // Step counters, global sampler position, schedule position, metrics window.
