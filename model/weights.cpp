@@ -92,20 +92,32 @@ CausalLM load_pretrained(const fs::path& dir, at::ScalarType dtype, const at::De
   return model;
 }
 
+std::optional<at::ScalarType> scalar_type_of(DtypeChoice choice) {
+  switch (choice) {
+    case DtypeChoice::kAuto: return std::nullopt;
+    case DtypeChoice::kFloat32: return at::kFloat;
+    case DtypeChoice::kBFloat16: return at::kBFloat16;
+    case DtypeChoice::kFloat16: return at::kHalf;
+  }
+  return std::nullopt;
+}
+
 at::ScalarType parse_dtype(const std::string& name, const std::string& key) {
-  if (name == "float32" || name == "fp32") return at::kFloat;
-  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
-  if (name == "float16" || name == "fp16") return at::kHalf;
-  throw InputError(key + ": '" + name + "' is not one of float32|bfloat16|float16");
+  const std::string full = name == "fp32" ? "float32" : name == "bf16" ? "bfloat16" : name == "fp16" ? "float16" : name;
+  const std::optional<DtypeChoice> choice = enum_from_name<DtypeChoice>(full);
+  if (choice && *choice != DtypeChoice::kAuto) return *scalar_type_of(*choice);
+  std::string names;  // every dtype name but auto
+  for (const auto& [entry, entry_name] : EnumNames<DtypeChoice>::entries) {
+    if (entry != DtypeChoice::kAuto) names += (names.empty() ? "" : "|") + std::string(entry_name);
+  }
+  throw InputError(key + ": '" + name + "' is not one of " + names);
 }
 
 std::string dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return c10::toString(dtype);
+  for (const auto& [entry, name] : EnumNames<DtypeChoice>::entries) {
+    if (scalar_type_of(entry) == dtype) return name;
   }
+  return c10::toString(dtype);
 }
 
 void save_pretrained(CausalLM& model, const fs::path& source_config_dir, const fs::path& out_dir,

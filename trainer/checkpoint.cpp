@@ -428,7 +428,7 @@ json run_fingerprint(const Config& config) {
   const fs::path model_config = fs::path(config.model.path) / "config.json";
   fp["model_config"] = {{"path", model_config.string()}, {"sha256", sha256_file(model_config)}};
   json tokenizer = json::object();
-  if (config.data.format != "tokenized") {
+  if (config.data.format != data::Format::kTokenized) {
     const fs::path dir = tokenizer_dir(config);
     for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                              "chat_template.jinja"}) {
@@ -436,8 +436,8 @@ json run_fingerprint(const Config& config) {
     }
   }
   fp["tokenizer_files"] = tokenizer;
-  fp["chat_template"] = config.data.chat_template;
-  fp["data_format"] = config.data.format;
+  fp["chat_template"] = enum_name(config.data.chat_template);
+  fp["data_format"] = enum_name(config.data.format);
   json data = json::array();
   for (const std::string& file : config.data.train) data.push_back({{"path", file}, {"sha256", sha256_file(file)}});
   fp["data_train"] = data;

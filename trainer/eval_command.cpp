@@ -71,7 +71,7 @@ model::CausalLM load_scored_model(const Config& config, const Runtime& runtime, 
     transform.finetune = run.finetune;
     apply_finetune_method(lm, transform);
     load_checkpoint_weights(lm, *dir);  // verifies the manifest's hashes first
-    described = "checkpoint " + dir->string() + " (" + run.finetune.method + ") on " + config.model.path;
+    described = "checkpoint " + dir->string() + " (" + enum_name(run.finetune.method) + ") on " + config.model.path;
     return lm;
   }
   if (dir && fs::exists(*dir / "config.json") && !fs::exists(*dir / "adapter_config.json")) {
@@ -113,7 +113,7 @@ int command_eval(const std::vector<std::string>& args) {
   model::CausalLM lm = load_scored_model(config, runtime, cli, described);
   // The same op choice as training (model.fused_ops), so a run's last eval.jsonl line equals `sft eval`
   // of its adapter, checkpoint or exported model to the last digit, whichever path loaded it.
-  lm->set_fused_ops(kernels::parse_fused_ops(config.model.fused_ops, runtime.device.type()));
+  lm->set_fused_ops(kernels::resolve_fused_ops(config.model.fused_ops, runtime.device.type()));
 
   const fs::path out_dir = cli.value("--out") ? fs::path(*cli.value("--out")) : fs::path(config.output_dir) / "eval";
   fs::create_directories(out_dir);

@@ -229,7 +229,7 @@ void plan_steps(TrainContext& ctx) {
 }
 
 void export_final(TrainContext& ctx, const fs::path& out_dir) {
-  if (ctx.config.finetune.method == "lora") {
+  if (ctx.config.finetune.method == FinetuneMethod::kLora) {
     save_peft_adapter(ctx.model, lora_spec_from(ctx.config), ctx.config.model.path, out_dir / "adapter");
   } else {
     const fs::path model_dir = out_dir / "model";
@@ -263,7 +263,7 @@ TrainerState trainer_state(const TrainContext& ctx, double elapsed) {
   s.window_tokens = ctx.window_tokens;
   s.window_targets = ctx.window_targets;
   s.elapsed_s = elapsed;
-  s.finetune_method = ctx.config.finetune.method;
+  s.finetune_method = enum_name(ctx.config.finetune.method);
   s.config_yaml = config_to_yaml(ctx.config);
   s.fingerprint = ctx.fingerprint;
   return s;
@@ -327,9 +327,9 @@ void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_
                 << text << "\n";
     }
   }
-  if (!state.finetune_method.empty() && state.finetune_method != ctx.config.finetune.method) {
+  if (!state.finetune_method.empty() && state.finetune_method != enum_name(ctx.config.finetune.method)) {
     throw InputError(state_label + ": saved by a finetune.method " + state.finetune_method +
-                     " run, but finetune.method is now " + ctx.config.finetune.method);
+                     " run, but finetune.method is now " + enum_name(ctx.config.finetune.method));
   }
   check_global_batch(state, ctx.config.train.micro_batch_size, ctx.config.train.grad_accum, ctx.group->world_size(),
                      state_label, allow_batch_change);
@@ -455,7 +455,7 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
 
   if (main) {
     std::cerr << "sft train: " << ctx.config.model.path << " (" << model_config.model_type << "), method "
-              << ctx.config.finetune.method << ", " << summary.describe() << "\n"
+              << enum_name(ctx.config.finetune.method) << ", " << summary.describe() << "\n"
               << "  " << data.train.size() << " train / " << data.eval.size() << " eval examples, "
               << ctx.loader->micro_batches_per_epoch() << " micro-batches per epoch, " << ctx.total_steps
               << " optimizer steps, device " << ctx.runtime.device.str() << "\n";
