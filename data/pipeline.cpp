@@ -4,9 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
+#include <optional>
 
 #include "common/errors.h"
+#include "common/text_file.h"
 #include "data/formats.h"
 #include "data/packing.h"
 
@@ -155,22 +156,21 @@ PreparedData prepare_data(const DataOptions& o, const Tokenizer& tokenizer, uint
 }
 
 void write_examples_jsonl(const std::filesystem::path& path, const std::vector<TokenizedExample>& examples) {
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw InputError(path.string() + ": cannot open for writing");
-  auto write_list = [&f](const std::vector<int32_t>& v) {
-    f << '[';
-    for (size_t i = 0; i < v.size(); ++i) f << (i ? "," : "") << v[i];
-    f << ']';
+  std::optional<TextFileWriter> f;
+  try {
+    f.emplace(path);
+  } catch (const std::runtime_error& e) {
+    throw InputError(e.what());  // a --out path that cannot be created is bad input
+  }
+  auto list = [](const std::vector<int32_t>& v) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
+    return out + "]";
   };
   for (const TokenizedExample& e : examples) {
-    f << "{\"input_ids\":";
-    write_list(e.input_ids);
-    f << ",\"labels\":";
-    write_list(e.labels);
-    f << "}\n";
+    f->write("{\"input_ids\":" + list(e.input_ids) + ",\"labels\":" + list(e.labels) + "}\n");
   }
-  f.flush();
-  if (!f) throw InputError(path.string() + ": write failed");
+  f->close();
 }
 
 namespace {

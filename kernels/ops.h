@@ -25,7 +25,8 @@ struct AttentionResolveOptions {
   int64_t max_seqlen = 0;                       // data.max_seq_len
 };
 
-// Resolves `model.attention` once per run (the caller stores the result; kernels/attention_choice.cpp):
+// Resolves `model.attention` once per run (the caller stores the result). Declared here only; defined in
+// kernels/attention_choice.cpp:
 //   sdpa, eager: unchanged, no check.
 //   CPU:  auto -> sdpa (faster than the twin, kernels/README.md); fused -> the twin.
 //   CUDA: fused -> ours after its start-up self-check passes, else throws std::runtime_error.

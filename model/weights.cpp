@@ -151,14 +151,14 @@ void save_pretrained(CausalLM& model, const fs::path& source_config_dir, const f
       write_safetensors(out_dir / name, shards[s], metadata);
       for (const auto& [tensor_name, tensor] : shards[s]) index["weight_map"][tensor_name] = name;
     }
-    std::ofstream(out_dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+    write_text_file(out_dir / "model.safetensors.index.json", index.dump(2) + "\n");
   }
   // config.json: the source config with the saved dtype.
   std::ifstream in(source_config_dir / "config.json");
   nlohmann::json config = nlohmann::json::parse(in);
   config["torch_dtype"] = dtype_name(dtype);
   if (config.contains("dtype")) config["dtype"] = dtype_name(dtype);
-  std::ofstream(out_dir / "config.json") << config.dump(2) << "\n";
+  write_text_file(out_dir / "config.json", config.dump(2) + "\n");
 }
 
 }  // namespace sft::model

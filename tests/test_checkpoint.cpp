@@ -487,7 +487,7 @@ TEST(CheckpointCrash, FullDiskDuringASaveFailsClearlyAndKeepsThePreviousCheckpoi
   RunDir run = make_run(b.path(), base_config(b.path() / "out", extra));
   ASSERT_EQ(train(run, "--stop-after-steps 2").exit_code, 0);
   // The step-3 save runs out of space 2000 bytes in (inside weights.safetensors).
-  auto failed = train(run, "", "SFT_TEST_FAIL_WRITE_AFTER_BYTES=2000");
+  auto failed = train(run, "--test-fail-checkpoint-write-after-bytes 2000");
   EXPECT_EQ(failed.exit_code, 1) << failed.output;
   EXPECT_NE(failed.output.find("No space left on device"), std::string::npos) << failed.output;
   EXPECT_NE(failed.output.find("step-00000003"), std::string::npos) << failed.output;

@@ -134,7 +134,7 @@ int command_eval(const std::vector<std::string>& args) {
   });
   nlohmann::json summary = result.to_json();
   summary["model"] = described;
-  std::ofstream(out_dir / "summary.json") << summary.dump(2) << "\n";
+  write_text_file(out_dir / "summary.json", summary.dump(2) + "\n");
   std::cout << summary.dump(2) << "\n";
   return 0;
 }
@@ -150,7 +150,7 @@ int command_data(const std::vector<std::string>& args) {
   const data::PreparedData data = load_run_data(config, tokenizer.get(), model_config.vocab_size);
   fs::create_directories(config.output_dir);
   const std::string report = data.report.to_json().dump(2);
-  std::ofstream(fs::path(config.output_dir) / "data_report.json") << report << "\n";
+  write_text_file(fs::path(config.output_dir) / "data_report.json", report + "\n");
   std::cout << report << "\n";
   if (auto out = cli.value("--out")) data::write_examples_jsonl(*out, data.train);
   const int64_t show = cli.integer("--show", 0);

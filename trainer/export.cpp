@@ -69,11 +69,7 @@ void save_peft_adapter(model::CausalLM& lm, const model::LoraSpec& spec, const s
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   model::write_safetensors(tmp / "adapter_model.safetensors", tensors, {{"format", "pt"}});
-  {
-    std::ofstream out(tmp / "adapter_config.json");
-    out << config.dump(2) << "\n";
-    if (!out.flush()) throw std::runtime_error("cannot write " + (tmp / "adapter_config.json").string());
-  }
+  write_text_file(tmp / "adapter_config.json", config.dump(2) + "\n");
   fs::remove_all(out_dir);
   fs::rename(tmp, out_dir);
 }

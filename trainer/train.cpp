@@ -69,6 +69,7 @@ struct TrainContext {
   int64_t micro_batches_done = 0;   // global
   nlohmann::json fingerprint;     // what this run is made from (trainer/checkpoint.h)
   int64_t last_saved_step = -1;   // newest checkpoint on disk, so the end of training does not save twice
+  CheckpointWriteOptions checkpoint_write;  // tests only: --test-fail-checkpoint-write-after-bytes
   double elapsed_before_s = 0;    // training time of earlier attempts (a resumed run continues the clock)
   // The metrics window: steps since the last metrics.jsonl line. Saved in checkpoints so a resumed run
   // logs the same averages as an uninterrupted one. Tokens are global (all ranks).
@@ -286,7 +287,7 @@ void save_checkpoint(TrainContext& ctx, const fs::path& out_dir, double elapsed)
   }
   fs::path dir;
   if (!group.distributed()) {
-    dir = write_checkpoint(checkpoints, contents);
+    dir = write_checkpoint(checkpoints, contents, ctx.checkpoint_write);
   } else {
     const std::string step = std::to_string(ctx.step);
     const fs::path tmp = decide_on_main(group, "checkpoint-begin/" + step,
@@ -294,7 +295,7 @@ void save_checkpoint(TrainContext& ctx, const fs::path& out_dir, double elapsed)
     if (!group.is_main()) write_rank_state(tmp, group.rank(), {{"rank", group.rank()}, {"rng", capture_rng_state()}});
     group.barrier();
     const std::string committed =
-        decide_on_main(group, "checkpoint-commit/" + step, [&] { return commit_checkpoint(checkpoints, tmp, contents).string(); });
+        decide_on_main(group, "checkpoint-commit/" + step, [&] { return commit_checkpoint(checkpoints, tmp, contents, ctx.checkpoint_write).string(); });
     dir = committed;
   }
   ctx.last_saved_step = ctx.step;
@@ -393,6 +394,9 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
   const int64_t stop_after = cli.integer("--stop-after-steps", -1);
   const auto [fail_rank, fail_step] = parse_fail_at(cli.value("--fail-at-step"));
   TrainContext ctx;
+  if (cli.value("--test-fail-checkpoint-write-after-bytes")) {
+    ctx.checkpoint_write.fail_after_bytes = cli.integer("--test-fail-checkpoint-write-after-bytes", -1);
+  }
   ctx.config = load_config(cli.positional()[0], cli.overrides());
   ctx.runtime = resolve_runtime(ctx.config, env.distributed() ? env.local_rank : 0);
   const std::string backend = env.distributed() ? resolve_backend(ctx.config.dist, ctx.runtime.device) : "none";
@@ -552,7 +556,11 @@ int command_train(const std::vector<std::string>& args) {
   //   --fail-at-step R:S: rank R throws just before optimizer step S (a rank failure mid-run).
   //   --grad-sync-after-backward: start every gradient bucket after the backward instead of from the
   //     hooks (the no-overlap baseline of scripts/bench_dist.sh).
-  CommandLine cli("train", args, {"--stop-after-steps", "--fail-at-step"},
+  //   --test-fail-checkpoint-write-after-bytes N: every save of this process fails like a full disk once N
+  //     bytes of it are written (CheckpointWriteOptions). A flag, not an environment variable, so the
+  //     production writer reads no process state; the crash tests need it through the binary because
+  //     they check what a whole run (and, under torchrun, one rank of it) does after a failed save.
+  CommandLine cli("train", args, {"--stop-after-steps", "--fail-at-step", "--test-fail-checkpoint-write-after-bytes"},
                   {"--force", "--ignore-fingerprint", "--allow-batch-change", "--grad-sync-after-backward"});
   if (cli.positional().size() != 1) {
     throw InputError(
