@@ -198,7 +198,7 @@ TEST(TrainLoop, LoraDropoutChangesTrainingButIsSeeded) {
 }
 
 TEST(TrainSchedule, LrAtEveryStepFollowsTheFormula) {
-  ScheduleSpec cosine{"cosine", 1.0, 3, 13, 0.1};
+  ScheduleSpec cosine{Scheduler::kCosine, 1.0, 3, 13, 0.1};
   EXPECT_DOUBLE_EQ(lr_at(0, cosine), 0.0);
   EXPECT_DOUBLE_EQ(lr_at(1, cosine), 1.0 / 3);
   EXPECT_DOUBLE_EQ(lr_at(3, cosine), 1.0);
@@ -206,9 +206,9 @@ TEST(TrainSchedule, LrAtEveryStepFollowsTheFormula) {
     const double progress = (s - 3) / 10.0;
     EXPECT_NEAR(lr_at(s, cosine), 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * progress)), 1e-15) << s;
   }
-  ScheduleSpec linear{"linear", 2.0, 0, 10, 0.0};
+  ScheduleSpec linear{Scheduler::kLinear, 2.0, 0, 10, 0.0};
   for (int64_t s = 0; s < 10; ++s) EXPECT_NEAR(lr_at(s, linear), 2.0 * (10 - s) / 10.0, 1e-15);
-  ScheduleSpec constant{"constant", 0.5, 2, 10, 0.0};
+  ScheduleSpec constant{Scheduler::kConstant, 0.5, 2, 10, 0.0};
   EXPECT_DOUBLE_EQ(lr_at(1, constant), 0.25);
   for (int64_t s = 2; s < 10; ++s) EXPECT_DOUBLE_EQ(lr_at(s, constant), 0.5);
 }
