@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <stdexcept>
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
@@ -152,6 +153,7 @@ class ExampleReader {
         case Format::kMessages: conversation.messages = read_turns(object, false); break;
         case Format::kShareGpt: conversation.messages = read_turns(object, true); break;
         case Format::kAuto: break;
+        case Format::kTokenized: break;  // never: read_data_file refuses it
       }
       std::string reason;
       std::string problem = check_conversation(conversation.messages, &reason);
@@ -301,23 +303,9 @@ const char* role_name(Role role) {
   return "?";
 }
 
-const char* format_name(Format format) {
-  switch (format) {
-    case Format::kAuto: return "auto";
-    case Format::kPromptResponse: return "prompt_response";
-    case Format::kAlpaca: return "alpaca";
-    case Format::kMessages: return "messages";
-    case Format::kShareGpt: return "sharegpt";
-  }
-  return "?";
-}
+const char* format_name(Format format) { return enum_name(format); }
 
-Format parse_format(const std::string& name, const std::string& key) {
-  for (Format f : {Format::kAuto, Format::kPromptResponse, Format::kAlpaca, Format::kMessages, Format::kShareGpt}) {
-    if (name == format_name(f)) return f;
-  }
-  throw InputError(key + ": unknown format \"" + name + "\" (expected auto, alpaca, prompt_response, messages or sharegpt)");
-}
+Format parse_format(const std::string& name, const std::string& key) { return parse_enum<Format>(name, key); }
 
 size_t find_invalid_utf8(const std::string& text) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
@@ -372,6 +360,9 @@ std::string check_conversation(const std::vector<Message>& messages, std::string
 }
 
 FileReadResult read_data_file(const std::filesystem::path& path, Format format, bool skip_invalid) {
+  if (format == Format::kTokenized) {
+    throw std::logic_error("read_data_file: data.format tokenized is read by data/tokenized.h");
+  }
   FileReadResult result;
   result.path = path.string();
   result.format = format;

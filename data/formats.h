@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "data/data_options.h"
+
 namespace sft::data {
 
 enum class Role { kSystem, kUser, kAssistant };
@@ -23,9 +25,9 @@ struct Conversation {
   std::string source;             // "file:line"
 };
 
-enum class Format { kAuto, kPromptResponse, kAlpaca, kMessages, kShareGpt };
+// Format (data/data_options.h) by name: format_name = enum_name; parse_format throws sft::InputError
+// naming `key` and every allowed name.
 const char* format_name(Format format);
-// Parses `data.format`; throws sft::InputError naming `key` for an unknown name.
 Format parse_format(const std::string& name, const std::string& key = "data.format");
 
 // Why a line was rejected. The report counts rejected lines under these names.

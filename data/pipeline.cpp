@@ -4,9 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
+#include <optional>
 
 #include "common/errors.h"
+#include "common/text_file.h"
 #include "data/formats.h"
 #include "data/packing.h"
 
@@ -15,22 +16,10 @@ namespace {
 
 constexpr uint64_t kSplitSalt = 0x6576616C73706C74ULL;  // "evalsplt": the split stream differs from the sampler's
 
-void validate_options(const DataOptions& o) {
-  if (o.train.empty()) throw InputError("data.train: no training file given");
-  if (o.max_seq_len < 2) throw InputError("data.max_seq_len must be >= 2 (got " + std::to_string(o.max_seq_len) + ")");
-  if (o.truncation != "right" && o.truncation != "drop") {
-    throw InputError("data.truncation: expected right or drop (got \"" + o.truncation + "\")");
-  }
-  if (!(o.eval_ratio >= 0.0 && o.eval_ratio < 1.0)) {
-    throw InputError("data.eval_ratio must be in [0, 1) (got " + std::to_string(o.eval_ratio) + ")");
-  }
-  if (o.max_invalid < 0) throw InputError("data.max_invalid must be >= 0");
-}
-
 // Reads files into `out`, recording per-file stats and enforcing max_invalid across all files read.
 void read_files(const std::vector<std::string>& paths, const char* split, const DataOptions& o, DataReport& report,
                 std::vector<Conversation>& out, std::string& first_invalid) {
-  const Format format = parse_format(o.format);
+  const Format format = o.format;
   for (const std::string& path : paths) {
     FileReadResult r = read_data_file(path, format, o.skip_invalid);
     FileStats stats;
@@ -99,12 +88,12 @@ void check_template_tokens(const ChatTemplate& t, const Tokenizer& tokenizer, Da
 
 }  // namespace
 
-std::string apply_length_policy(TokenizedExample& e, int64_t max_seq_len, const std::string& truncation,
+std::string apply_length_policy(TokenizedExample& e, int64_t max_seq_len, Truncation truncation,
                                 bool* truncated) {
   *truncated = false;
   if (count_targets(e.labels) == 0) return drop_reason::kNoTarget;
   if (static_cast<int64_t>(e.input_ids.size()) <= max_seq_len) return "";
-  if (truncation == "drop") return drop_reason::kTooLong;
+  if (truncation == Truncation::kDrop) return drop_reason::kTooLong;
   e.input_ids.resize(static_cast<size_t>(max_seq_len));
   e.labels.resize(static_cast<size_t>(max_seq_len));
   if (count_targets(e.labels) == 0) return drop_reason::kNoTargetAfterTruncation;
@@ -114,11 +103,11 @@ std::string apply_length_policy(TokenizedExample& e, int64_t max_seq_len, const 
 
 PreparedData prepare_data(const DataOptions& o, const Tokenizer& tokenizer, uint64_t seed, int64_t model_vocab_size,
                           const std::filesystem::path& tokenizer_dir) {
-  validate_options(o);
+  check_data_options(o);
   PreparedData out;
   DataReport& report = out.report;
   report.max_seq_len = o.max_seq_len;
-  report.truncation = o.truncation;
+  report.truncation = enum_name(o.truncation);
   report.packing = o.packing;
 
   const std::string config_path =
@@ -167,22 +156,21 @@ PreparedData prepare_data(const DataOptions& o, const Tokenizer& tokenizer, uint
 }
 
 void write_examples_jsonl(const std::filesystem::path& path, const std::vector<TokenizedExample>& examples) {
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw InputError(path.string() + ": cannot open for writing");
-  auto write_list = [&f](const std::vector<int32_t>& v) {
-    f << '[';
-    for (size_t i = 0; i < v.size(); ++i) f << (i ? "," : "") << v[i];
-    f << ']';
+  std::optional<TextFileWriter> f;
+  try {
+    f.emplace(path);
+  } catch (const std::runtime_error& e) {
+    throw InputError(e.what());  // a --out path that cannot be created is bad input
+  }
+  auto list = [](const std::vector<int32_t>& v) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
+    return out + "]";
   };
   for (const TokenizedExample& e : examples) {
-    f << "{\"input_ids\":";
-    write_list(e.input_ids);
-    f << ",\"labels\":";
-    write_list(e.labels);
-    f << "}\n";
+    f->write("{\"input_ids\":" + list(e.input_ids) + ",\"labels\":" + list(e.labels) + "}\n");
   }
-  f.flush();
-  if (!f) throw InputError(path.string() + ": write failed");
+  f->close();
 }
 
 namespace {

@@ -33,7 +33,7 @@ PreparedData prepare_data(const DataOptions& options, const Tokenizer& tokenizer
 
 // Applies data.truncation to one example; returns "" when kept (possibly truncated, *truncated set),
 // else the drop reason (drop_reason::*).
-std::string apply_length_policy(TokenizedExample& example, int64_t max_seq_len, const std::string& truncation,
+std::string apply_length_policy(TokenizedExample& example, int64_t max_seq_len, Truncation truncation,
                                 bool* truncated);
 
 // `sft data --out`: one {"input_ids":[...],"labels":[...]} per line, in the given order.

@@ -2,6 +2,7 @@
 include(data/tokenizer_sources.cmake)  # SFT_TOKENIZER_SOURCES
 set(SFT_DATA_SOURCES
   ${SFT_TOKENIZER_SOURCES}
+  data/data_options.cpp
   data/formats.cpp
   data/text_source.cpp
   data/template.cpp

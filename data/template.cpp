@@ -2,6 +2,8 @@
 // recognition of tokenizer_config.json chat templates.
 #include "data/template.h"
 
+#include <stdexcept>
+
 #include "common/errors.h"
 
 namespace sft::data {
@@ -253,37 +255,25 @@ void render_text(const ChatTemplate& t, const std::vector<Message>& messages, co
 
 }  // namespace
 
-std::string ChatTemplate::name() const {
-  switch (kind) {
-    case TemplateKind::kChatml: return "chatml";
-    case TemplateKind::kQwen3: return "qwen3";
-    case TemplateKind::kLlama2: return "llama2";
-    case TemplateKind::kLlama3: return "llama3";
-    case TemplateKind::kMistral: return "mistral";
-    case TemplateKind::kAlpaca: return "alpaca";
-    case TemplateKind::kPlain: return "plain";
-  }
-  return "?";
-}
+std::string ChatTemplate::name() const { return enum_name(kind); }
 
 ChatTemplate resolve_template(const std::string& name, const std::optional<std::string>& jinja,
                               const std::string& config_path, const std::string& key) {
+  return resolve_template(parse_enum<TemplateKind>(name, key), jinja, config_path, key);
+}
+
+ChatTemplate resolve_template(TemplateKind requested, const std::optional<std::string>& jinja,
+                              const std::string& config_path, const std::string& key) {
   ChatTemplate t;
-  if (name != "auto") {
-    const std::pair<const char*, TemplateKind> names[] = {
-        {"chatml", TemplateKind::kChatml}, {"qwen3", TemplateKind::kQwen3},   {"llama2", TemplateKind::kLlama2},
-        {"llama3", TemplateKind::kLlama3}, {"mistral", TemplateKind::kMistral}, {"alpaca", TemplateKind::kAlpaca},
-        {"plain", TemplateKind::kPlain}};
-    for (const auto& [n, kind] : names) {
-      if (name == n) {
-        t.kind = kind;
-        return t;
-      }
-    }
-    throw InputError(key + ": unknown template \"" + name +
-                     "\" (expected auto, chatml, qwen3, llama2, llama3, mistral, alpaca or plain)");
+  if (requested != TemplateKind::kAuto) {
+    t.kind = requested;
+    return t;
   }
-  const std::string hint = "; set " + key + " to one of chatml, qwen3, llama2, llama3, mistral, alpaca, plain";
+  std::string named;  // every template name but auto
+  for (const auto& [kind, name] : EnumNames<TemplateKind>::entries) {
+    if (kind != TemplateKind::kAuto) named += (named.empty() ? "" : ", ") + std::string(name);
+  }
+  const std::string hint = "; set " + key + " to one of " + named;
   if (!jinja || jinja->empty()) {
     throw InputError(config_path + ": no chat_template to recognise for " + key + "=auto" + hint);
   }
@@ -338,6 +328,7 @@ RenderedConversation render_conversation(const ChatTemplate& t, const Conversati
     case TemplateKind::kMistral: render_mistral(t, messages, specials, b); break;
     case TemplateKind::kAlpaca:
     case TemplateKind::kPlain: render_text(t, messages, specials, b); break;
+    case TemplateKind::kAuto: throw std::logic_error("render_conversation: data.template auto was never resolved");
   }
   int turns = 0;
   for (const Message& m : messages) turns += m.role == Role::kAssistant;

@@ -13,15 +13,7 @@
 
 namespace sft::data {
 
-enum class TemplateKind {
-  kChatml,   // <|im_start|>role\ncontent<|im_end|>\n                       (SmolLM2, Qwen2.x, ...)
-  kQwen3,    // chatml + Qwen3's <think> handling on the final assistant turn
-  kLlama2,   // <s>[INST] <<SYS>>\nsys\n<</SYS>>\n\nuser [/INST] answer </s>  (Llama-2-chat)
-  kLlama3,   // <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>
-  kMistral,  // <s> [INST] user [/INST] answer</s>                          (Mistral-7B-Instruct-v0.1)
-  kAlpaca,   // system\n\n### Instruction:\nuser\n\n### Response:\nanswer</s>
-  kPlain,    // user + answer + </s>: no markup at all (the data carries its own separators)
-};
+// TemplateKind (the data.template names) is in data/data_options.h.
 
 struct ChatTemplate {
   TemplateKind kind = TemplateKind::kChatml;
@@ -32,12 +24,15 @@ struct ChatTemplate {
   // without add_generation_prompt; set by `auto` when the tokenizer's template does, so our ids match.
   bool trailing_assistant_header = false;
 
-  std::string name() const;  // "chatml", "qwen3", ...
+  std::string name() const;  // "chatml", "qwen3", ... (enum_name of kind)
 };
 
 // Resolves data.template. "auto" recognises tokenizer_config.json's Jinja `chat_template` by its
 // distinctive markers; `config_path` only names the file in errors. Throws sft::InputError for an
 // unknown name, a missing chat_template or an unrecognised one.
+ChatTemplate resolve_template(TemplateKind requested, const std::optional<std::string>& jinja,
+                              const std::string& config_path, const std::string& key = "data.template");
+// The same for a name (`sft generate --template`); an unknown name is an sft::InputError listing them all.
 ChatTemplate resolve_template(const std::string& name, const std::optional<std::string>& jinja,
                               const std::string& config_path, const std::string& key = "data.template");
 

@@ -88,7 +88,7 @@ PreparedData prepare_tokenized_data(const DataOptions& o, uint64_t seed, int64_t
   DataReport& report = out.report;
   report.chat_template = "none (tokenized)";
   report.max_seq_len = o.max_seq_len;
-  report.truncation = o.truncation;
+  report.truncation = enum_name(o.truncation);
   report.packing = o.packing;
   std::vector<TokenizedExample> train, eval;
   for (const std::string& path : o.train) {

@@ -107,18 +107,7 @@ __global__ void SFT_ATTN_HOT_KERNEL attention_bwd_dkdv_kernel(const AttentionBwd
       float s[kMT][4];
 #pragma unroll
       for (int j = 0; j < kMT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t a[4];
-        load_a_frag(a, sK, LD, warp * 16, ks * 16, lane);
-#pragma unroll
-        for (int jp = 0; jp < kMT / 2; ++jp) {
-          uint32_t b[4];
-          load_b_frag_nk(b, sQ, LD, jp * 16, ks * 16, lane);
-          mma_16816<Elem>(s[2 * jp], a, b[0], b[1]);
-          mma_16816<Elem>(s[2 * jp + 1], a, b[2], b[3]);
-        }
-      }
+      warp_gemm_smem_abt<Elem, D>(s, sK, warp * 16, sQ, LD, lane);
       // P^T = exp(scale * S^T - lse); masked entries are 0.
       const bool need_mask = attn::tile_needs_mask(m_block, n_block, BM, BN, span.len, p.causal);
 #pragma unroll
@@ -131,52 +120,19 @@ __global__ void SFT_ATTN_HOT_KERNEL attention_bwd_dkdv_kernel(const AttentionBwd
         }
       }
       // dV += P^T dO
-#pragma unroll
-      for (int ks = 0; ks < BM / 16; ++ks) {
-        uint32_t a[4];
-        c_to_a_frag<Elem>(a, s[2 * ks], s[2 * ks + 1]);
-#pragma unroll
-        for (int dp = 0; dp < kDT / 2; ++dp) {
-          uint32_t b[4];
-          load_b_frag_kn(b, sdO, LD, ks * 16, dp * 16, lane);
-          mma_16816<Elem>(acc_dv[2 * dp], a, b[0], b[1]);
-          mma_16816<Elem>(acc_dv[2 * dp + 1], a, b[2], b[3]);
-        }
-      }
+      warp_gemm_regs_b<Elem>(acc_dv, s, sdO, LD, lane);
       // dP^T = V dO^T, then dS^T = P^T * (dP^T - D) (in place in dp).
       float dp_t[kMT][4];
 #pragma unroll
       for (int j = 0; j < kMT; ++j) dp_t[j][0] = dp_t[j][1] = dp_t[j][2] = dp_t[j][3] = 0.f;
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t a[4];
-        load_a_frag(a, sV, LD, warp * 16, ks * 16, lane);
-#pragma unroll
-        for (int jp = 0; jp < kMT / 2; ++jp) {
-          uint32_t b[4];
-          load_b_frag_nk(b, sdO, LD, jp * 16, ks * 16, lane);
-          mma_16816<Elem>(dp_t[2 * jp], a, b[0], b[1]);
-          mma_16816<Elem>(dp_t[2 * jp + 1], a, b[2], b[3]);
-        }
-      }
+      warp_gemm_smem_abt<Elem, D>(dp_t, sV, warp * 16, sdO, LD, lane);
 #pragma unroll
       for (int j = 0; j < kMT; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp_t[j][e] = s[j][e] * (dp_t[j][e] - sDsum[j * 8 + 2 * t + (e % 2)]);
       }
       // dK += dS^T Q
-#pragma unroll
-      for (int ks = 0; ks < BM / 16; ++ks) {
-        uint32_t a[4];
-        c_to_a_frag<Elem>(a, dp_t[2 * ks], dp_t[2 * ks + 1]);
-#pragma unroll
-        for (int dp = 0; dp < kDT / 2; ++dp) {
-          uint32_t b[4];
-          load_b_frag_kn(b, sQ, LD, ks * 16, dp * 16, lane);
-          mma_16816<Elem>(acc_dk[2 * dp], a, b[0], b[1]);
-          mma_16816<Elem>(acc_dk[2 * dp + 1], a, b[2], b[3]);
-        }
-      }
+      warp_gemm_regs_b<Elem>(acc_dk, dp_t, sQ, LD, lane);
       if constexpr (kAtomicDq) {
         // dS (query-major) to shared memory, then dQ[BM x D] += dS K split over the 4 warps.
 #pragma unroll
@@ -301,30 +257,8 @@ __global__ void SFT_ATTN_HOT_KERNEL_ONE_CTA attention_bwd_dq_kernel(const Attent
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
     }
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {  // S = Q K^T
-      uint32_t a[4];
-      load_a_frag(a, sQ, LD, warp * 16, ks * 16, lane);
-#pragma unroll
-      for (int jp = 0; jp < kNT / 2; ++jp) {
-        uint32_t b[4];
-        load_b_frag_nk(b, sK, LD, jp * 16, ks * 16, lane);
-        mma_16816<Elem>(s[2 * jp], a, b[0], b[1]);
-        mma_16816<Elem>(s[2 * jp + 1], a, b[2], b[3]);
-      }
-    }
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {  // dP = dO V^T
-      uint32_t a[4];
-      load_a_frag(a, sdO, LD, warp * 16, ks * 16, lane);
-#pragma unroll
-      for (int jp = 0; jp < kNT / 2; ++jp) {
-        uint32_t b[4];
-        load_b_frag_nk(b, sV, LD, jp * 16, ks * 16, lane);
-        mma_16816<Elem>(dp[2 * jp], a, b[0], b[1]);
-        mma_16816<Elem>(dp[2 * jp + 1], a, b[2], b[3]);
-      }
-    }
+    warp_gemm_smem_abt<Elem, D>(s, sQ, warp * 16, sK, LD, lane);    // S = Q K^T
+    warp_gemm_smem_abt<Elem, D>(dp, sdO, warp * 16, sV, LD, lane);  // dP = dO V^T
     const bool need_mask = attn::tile_needs_mask(m_block, n_block, BM, BN, span.len, p.causal);
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
@@ -337,18 +271,7 @@ __global__ void SFT_ATTN_HOT_KERNEL_ONE_CTA attention_bwd_dq_kernel(const Attent
       }
     }
     // dQ += dS K
-#pragma unroll
-    for (int ks = 0; ks < BN / 16; ++ks) {
-      uint32_t a[4];
-      c_to_a_frag<Elem>(a, dp[2 * ks], dp[2 * ks + 1]);
-#pragma unroll
-      for (int dpair = 0; dpair < kDT / 2; ++dpair) {
-        uint32_t b[4];
-        load_b_frag_kn(b, sK, LD, ks * 16, dpair * 16, lane);
-        mma_16816<Elem>(acc_dq[2 * dpair], a, b[0], b[1]);
-        mma_16816<Elem>(acc_dq[2 * dpair + 1], a, b[2], b[3]);
-      }
-    }
+    warp_gemm_regs_b<Elem>(acc_dq, dp, sK, LD, lane);
     __syncthreads();  // every warp is done with sK, sV before the next block lands
   }
 

@@ -18,20 +18,16 @@
 
 namespace sft::kernels {
 
-AttentionImpl parse_attention_impl(const std::string& name) {
-  if (name == "auto") return AttentionImpl::Auto;
-  if (name == "fused") return AttentionImpl::Fused;
-  if (name == "sdpa") return AttentionImpl::Sdpa;
-  if (name == "eager") return AttentionImpl::Eager;
-  throw InputError("model.attention: '" + name + "' is not one of auto|fused|sdpa|eager");
+AttentionImpl parse_attention_impl(const std::string& name, const std::string& key) {
+  return parse_enum<AttentionImpl>(name, key);
 }
 
 std::string to_string(AttentionImpl impl) {
   switch (impl) {
-    case AttentionImpl::Auto: return "auto";
-    case AttentionImpl::Fused: return "fused";
-    case AttentionImpl::Sdpa: return "sdpa";
-    case AttentionImpl::Eager: return "eager";
+    case AttentionImpl::Auto:
+    case AttentionImpl::Fused:
+    case AttentionImpl::Sdpa:
+    case AttentionImpl::Eager: return enum_name(impl);
     case AttentionImpl::FusedDeterministic: return "fused (deterministic backward)";
     case AttentionImpl::TorchFlashVarlen: return "LibTorch flash varlen";
   }

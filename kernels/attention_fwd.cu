@@ -60,18 +60,7 @@ __global__ void SFT_ATTN_HOT_KERNEL attention_fwd_kernel(const AttentionFwdParam
     float s[kNT][4];
 #pragma unroll
     for (int j = 0; j < kNT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t a[4];
-      load_a_frag(a, sQ, LD, warp * 16, ks * 16, lane);
-#pragma unroll
-      for (int jp = 0; jp < kNT / 2; ++jp) {
-        uint32_t b[4];
-        load_b_frag_nk(b, sK, LD, jp * 16, ks * 16, lane);
-        mma_16816<Elem>(s[2 * jp], a, b[0], b[1]);
-        mma_16816<Elem>(s[2 * jp + 1], a, b[2], b[3]);
-      }
-    }
+    warp_gemm_smem_abt<Elem, D>(s, sQ, warp * 16, sK, LD, lane);
     __syncthreads();  // every warp is done with sK: start K(n+1) while we do the softmax and P V
     if (n_block + 1 < n_end) {
       load_tile_async<Elem, BN, D, attn::kThreads>(sK, k_base, p.k_row_stride, n0 + BN, span.len, tid);
@@ -121,18 +110,7 @@ __global__ void SFT_ATTN_HOT_KERNEL attention_fwd_kernel(const AttentionFwdParam
     }
     __syncthreads();
     // O += P V: P's C fragments become A fragments in registers.
-#pragma unroll
-    for (int ks = 0; ks < BN / 16; ++ks) {
-      uint32_t a[4];
-      c_to_a_frag<Elem>(a, s[2 * ks], s[2 * ks + 1]);
-#pragma unroll
-      for (int dp = 0; dp < kDT / 2; ++dp) {
-        uint32_t b[4];
-        load_b_frag_kn(b, sV, LD, ks * 16, dp * 16, lane);
-        mma_16816<Elem>(acc_o[2 * dp], a, b[0], b[1]);
-        mma_16816<Elem>(acc_o[2 * dp + 1], a, b[2], b[3]);
-      }
-    }
+    warp_gemm_regs_b<Elem>(acc_o, s, sV, LD, lane);
     __syncthreads();  // every warp is done with sV before V(n+1) overwrites it
   }
 

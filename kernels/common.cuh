@@ -1,6 +1,7 @@
 // kernels/common.cuh: device building blocks of the attention kernels (sm_80+): the element-type traits
-// (bf16/fp16), warp-level tensor-core MMA m16n8k16 with fp32 accumulation, ldmatrix fragment loads,
-// cp.async global->shared copies and quad reductions. Fragment layouts follow the PTX ISA
+// (bf16/fp16), warp-level tensor-core MMA m16n8k16 with fp32 accumulation, ldmatrix fragment loads, the
+// two warp-level GEMM loops (smem x smem^T, registers x smem), cp.async global->shared copies and quad
+// reductions. Fragment layouts follow the PTX ISA
 // ("Matrix Fragments for mma.m16n8k16"): lane = 4 * g + t, g = lane / 4 (row group), t = lane % 4.
 //   A 16x16 (row-major): a0 (row g, cols 2t..2t+1), a1 (row g+8, ...), a2 (row g, cols 2t+8..), a3 (row g+8, cols 2t+8..)
 //   B 16x8  (col-major): b0 (rows k 2t..2t+1, col g), b1 (rows k 2t+8..2t+9, col g)
@@ -122,6 +123,47 @@ __device__ __forceinline__ void c_to_a_frag(uint32_t (&a)[4], const float (&c0)[
   a[1] = ElemTraits<Elem>::pack(c0[2], c0[3]);
   a[2] = ElemTraits<Elem>::pack(c1[0], c1[1]);
   a[3] = ElemTraits<Elem>::pack(c1[2], c1[3]);
+}
+
+// ---- warp-level GEMMs of one 16-row slab (the loops every attention kernel runs) ----
+// acc[16 x 8*NT] += A[16 x K] * B^T: A is rows a_row0..a_row0+15 of a row-major smem tile [.][K] and B a
+// row-major smem tile [8*NT][K], both with row stride ld (e.g. S = Q K^T, dP = dO V^T). fp32 accumulate.
+template <typename Elem, int K, int NT>
+__device__ __forceinline__ void warp_gemm_smem_abt(float (&acc)[NT][4], const Elem* a_tile, int a_row0,
+                                                   const Elem* b_tile, int ld, int lane) {
+  static_assert(K % 16 == 0 && NT % 2 == 0, "k steps of 16, n tiles in pairs");
+#pragma unroll
+  for (int ks = 0; ks < K / 16; ++ks) {
+    uint32_t a[4];
+    load_a_frag(a, a_tile, ld, a_row0, ks * 16, lane);
+#pragma unroll
+    for (int jp = 0; jp < NT / 2; ++jp) {
+      uint32_t b[4];
+      load_b_frag_nk(b, b_tile, ld, jp * 16, ks * 16, lane);
+      mma_16816<Elem>(acc[2 * jp], a, b[0], b[1]);
+      mma_16816<Elem>(acc[2 * jp + 1], a, b[2], b[3]);
+    }
+  }
+}
+// acc[16 x 8*NT] += P[16 x 8*KT] * B: P is held in registers as this warp's fp32 C fragments (softmax(S)
+// or dS, rounded to Elem per k step by c_to_a_frag, never through shared memory) and B is a row-major smem
+// tile [8*KT][8*NT] with row stride ld (e.g. O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K).
+template <typename Elem, int KT, int NT>
+__device__ __forceinline__ void warp_gemm_regs_b(float (&acc)[NT][4], const float (&p)[KT][4], const Elem* b_tile,
+                                                 int ld, int lane) {
+  static_assert(KT % 2 == 0 && NT % 2 == 0, "k steps of 16, n tiles in pairs");
+#pragma unroll
+  for (int ks = 0; ks < KT / 2; ++ks) {
+    uint32_t a[4];
+    c_to_a_frag<Elem>(a, p[2 * ks], p[2 * ks + 1]);
+#pragma unroll
+    for (int jp = 0; jp < NT / 2; ++jp) {
+      uint32_t b[4];
+      load_b_frag_kn(b, b_tile, ld, ks * 16, jp * 16, lane);
+      mma_16816<Elem>(acc[2 * jp], a, b[0], b[1]);
+      mma_16816<Elem>(acc[2 * jp + 1], a, b[2], b[3]);
+    }
+  }
 }
 
 // ---- cp.async (16 bytes, zero-filled when !valid; `src` must still be a mapped address) ----

@@ -382,7 +382,11 @@ std::string AttentionCheck::describe() const {
 }
 
 namespace {
-// Scoped: lets LibTorch's math SDPA reduce in fp16/bf16 (no fp32 upcast) for low-precision inputs.
+// Lets LibTorch's math SDPA reduce in fp16/bf16 (no fp32 upcast) for low-precision inputs while it lives,
+// and restores the previous setting when it ends. The setting is process-wide (at::Context has no
+// per-thread form and SDPA takes no such argument), so the guard covers only the comparator's forward
+// and backward in check_fused_against_reference, which runs in the start-up self-check (before training
+// starts any other attention) and in tests.
 class SamePrecisionMathSdp {
  public:
   explicit SamePrecisionMathSdp(at::ScalarType dtype) : saved_(at::globalContext().allowFP16BF16ReductionMathSDP()) {
@@ -425,15 +429,19 @@ AttentionCheck check_fused_against_reference(const at::Tensor& q, const at::Tens
   // (what the CPU picks for fp16/bf16) silently upcasts to fp32 unless fp16/bf16 reductions are allowed,
   // which would make the comparator correctly rounded; FA2's design (ours: D = rowsum(dO * O) from the
   // stored low-precision O) cannot be within 2x of that, see kernels/README.md "Numerics".
-  const SamePrecisionMathSdp same_precision(q.scalar_type());
   at::Tensor qt = q.detach().clone().requires_grad_(true), kt = k.detach().clone().requires_grad_(true),
              vt = v.detach().clone().requires_grad_(true);
   PackedSequences seqs{cu, cu_seqlens_host, max_seqlen};
-  // CUDA: 4-D [1, H, L, D] per document, so SDPA's flash / cuDNN / memory-efficient backends can serve
-  // (3-D inputs force its math backend). CPU: the 3-D math path with same-precision reductions, above.
-  at::Tensor out_t = q.is_cuda() ? sdpa_4d_per_document(qt, kt, vt, cu_seqlens_host, softmax_scale, causal)
-                                 : varlen_attention(qt, kt, vt, seqs, softmax_scale, causal, AttentionImpl::Sdpa);
-  auto grads_t = torch::autograd::grad({out_t}, {qt, kt, vt}, {dout});
+  at::Tensor out_t;
+  std::vector<at::Tensor> grads_t;
+  {
+    const SamePrecisionMathSdp same_precision(q.scalar_type());  // only around LibTorch's comparator
+    // CUDA: 4-D [1, H, L, D] per document, so SDPA's flash / cuDNN / memory-efficient backends can serve
+    // (3-D inputs force its math backend). CPU: the 3-D math path with same-precision reductions, above.
+    out_t = q.is_cuda() ? sdpa_4d_per_document(qt, kt, vt, cu_seqlens_host, softmax_scale, causal)
+                        : varlen_attention(qt, kt, vt, seqs, softmax_scale, causal, AttentionImpl::Sdpa);
+    grads_t = torch::autograd::grad({out_t}, {qt, kt, vt}, {dout});
+  }
   // fp64 reference on the CPU.
   at::Tensor qr = q.detach().to(at::kCPU).to(at::kDouble).requires_grad_(true),
              kr = k.detach().to(at::kCPU).to(at::kDouble).requires_grad_(true),

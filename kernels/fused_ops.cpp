@@ -8,6 +8,7 @@
 #include <torch/autograd.h>
 
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "common/errors.h"
@@ -444,37 +445,79 @@ bool fused_ops_have_cuda() {
 }
 
 // ---- model.fused_ops and the op table ----
-FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device) {
-  if (names.size() == 1 && names[0] == "auto") {
-    // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm and RoPE on the
-    // CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits: opt in). On CUDA
-    // none yet: the CUDA kernels have not run on a GPU (the GPU proof, scripts/gpu_run.sh, runs them).
-    FusedOps ops;
-    if (device == at::kCPU) ops.rmsnorm = ops.rope = true;
-    return ops;
+FusedOpsChoice parse_fused_ops_choice(const std::vector<std::string>& names) {
+  FusedOpsChoice choice;
+  if (names.size() == 1 && names[0] == "auto") return choice;
+  if (names.size() == 1 && names[0] == "none") {
+    choice.mode = FusedOpsChoice::Mode::None;
+    return choice;
   }
-  if (names.size() == 1 && names[0] == "none") return FusedOps{};
-  FusedOps ops;
-  std::string bad;
+  choice.mode = FusedOpsChoice::Mode::List;
+  const std::vector<std::string> problems = fused_ops_choice_problems(names);
+  if (!problems.empty()) {
+    std::string message = problems.front();
+    for (size_t i = 1; i < problems.size(); ++i) message += "; " + problems[i];
+    throw InputError(message);
+  }
+  for (const std::string& n : names) choice.ops.push_back(*enum_from_name<FusedOp>(n));
+  return choice;
+}
+
+std::vector<std::string> fused_ops_choice_problems(const std::vector<std::string>& names) {
+  std::vector<std::string> problems;
+  if (names.size() == 1 && (names[0] == "auto" || names[0] == "none")) return problems;
   for (const std::string& n : names) {
-    if (n == "rmsnorm") ops.rmsnorm = true;
-    else if (n == "rope") ops.rope = true;
-    else if (n == "swiglu") ops.swiglu = true;
-    else if (n == "linear_ce") ops.linear_ce = true;
-    else bad += (bad.empty() ? "'" : ", '") + n + "'";
+    if (!enum_from_name<FusedOp>(n)) {
+      problems.push_back("model.fused_ops: unknown op '" + n + "' (auto, none, or a list of " +
+                         enum_names_joined<FusedOp>(", ") + ")");
+    }
   }
-  if (!bad.empty()) {
-    throw InputError("model.fused_ops: unknown op " + bad +
-                     " (auto, none, or a list of rmsnorm, rope, swiglu, linear_ce)");
+  return problems;
+}
+
+std::vector<std::string> fused_ops_choice_names(const FusedOpsChoice& choice) {
+  switch (choice.mode) {
+    case FusedOpsChoice::Mode::Auto: return {"auto"};
+    case FusedOpsChoice::Mode::None: return {"none"};
+    case FusedOpsChoice::Mode::List: break;
+  }
+  std::vector<std::string> names;
+  for (FusedOp op : choice.ops) names.emplace_back(enum_name(op));
+  return names;
+}
+
+FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) {
+  FusedOps ops;
+  switch (choice.mode) {
+    case FusedOpsChoice::Mode::Auto:
+      // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm and RoPE on the
+      // CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits: opt in). On CUDA
+      // none yet: the CUDA kernels have not run on a GPU (the GPU proof, scripts/gpu_run.sh, runs them).
+      if (device == at::kCPU) ops.rmsnorm = ops.rope = true;
+      return ops;
+    case FusedOpsChoice::Mode::None: return ops;
+    case FusedOpsChoice::Mode::List: break;
+  }
+  for (FusedOp op : choice.ops) {
+    switch (op) {
+      case FusedOp::RmsNorm: ops.rmsnorm = true; break;
+      case FusedOp::Rope: ops.rope = true; break;
+      case FusedOp::SwiGlu: ops.swiglu = true; break;
+      case FusedOp::LinearCe: ops.linear_ce = true; break;
+    }
   }
   return ops;
 }
 
+FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device) {
+  return resolve_fused_ops(parse_fused_ops_choice(names), device);
+}
+
 std::string to_string(const FusedOps& ops) {
   std::string s;
-  for (auto [on, name] : {std::pair{ops.rmsnorm, "rmsnorm"}, {ops.rope, "rope"}, {ops.swiglu, "swiglu"},
-                          {ops.linear_ce, "linear_ce"}}) {
-    if (on) s += (s.empty() ? "" : ", ") + std::string(name);
+  for (auto [on, op] : {std::pair{ops.rmsnorm, FusedOp::RmsNorm}, {ops.rope, FusedOp::Rope}, {ops.swiglu, FusedOp::SwiGlu},
+                        {ops.linear_ce, FusedOp::LinearCe}}) {
+    if (on) s += (s.empty() ? "" : ", ") + std::string(enum_name(op));
   }
   return s.empty() ? "none" : "[" + s + "]";
 }

@@ -9,20 +9,12 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/choices.h"
+
 namespace sft::kernels {
 
-// Auto, Fused, Sdpa and Eager are the `model.attention` values. The last two are resolved choices only:
-//   FusedDeterministic: the fused kernel with its deterministic backward (model.deterministic_attention);
-//   TorchFlashVarlen:   LibTorch's built-in FlashAttention-2 varlen kernels (at::_flash_attention_forward
-//                       and its autograd backward, with cu_seqlens), which `auto` picks on CUDA when they
-//                       are faster than ours.
-enum class AttentionImpl { Auto, Fused, Sdpa, Eager, FusedDeterministic, TorchFlashVarlen };
-
-// Whether `impl` runs the fused kernel's deterministic backward (no atomics; kernels/README.md).
-constexpr bool deterministic_backward(AttentionImpl impl) { return impl == AttentionImpl::FusedDeterministic; }
-
-// Parses the `model.attention` config value; throws sft::InputError on anything else.
-AttentionImpl parse_attention_impl(const std::string& name);
+// Parses a `model.attention` name (or `--attention`); throws sft::InputError listing the allowed names.
+AttentionImpl parse_attention_impl(const std::string& name, const std::string& key = "model.attention");
 std::string to_string(AttentionImpl impl);
 
 // What resolve_attention_impl knows of the run. Zero sizes: unknown (auto then skips the timing race).
@@ -33,7 +25,8 @@ struct AttentionResolveOptions {
   int64_t max_seqlen = 0;                       // data.max_seq_len
 };
 
-// Resolves `model.attention` once per run (the caller stores the result; kernels/attention_choice.cpp):
+// Resolves `model.attention` once per run (the caller stores the result). Declared here only; defined in
+// kernels/attention_choice.cpp:
 //   sdpa, eager: unchanged, no check.
 //   CPU:  auto -> sdpa (faster than the twin, kernels/README.md); fused -> the twin.
 //   CUDA: fused -> ours after its start-up self-check passes, else throws std::runtime_error.
@@ -72,11 +65,13 @@ struct FusedOps {
   bool rmsnorm = false, rope = false, swiglu = false, linear_ce = false;
   static FusedOps all() { return {true, true, true, true}; }
 };
-FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device = at::kCPU);
+FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device);
+FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device = at::kCPU);  // parse + resolve
 std::string to_string(const FusedOps& ops);
 
-// The implementations a model calls, chosen once at construction: each entry is either the fused op
-// or the composite ATen code it replaces (today's path, kept bit for bit).
+// The implementations a model calls, chosen once per model when the setup applies `model.fused_ops`
+// (CausalLMImpl::set_fused_ops, before training), never per call: each entry is either the fused op or
+// the composite ATen code it replaces (today's path, kept bit for bit).
 struct OpTable {
   // x: [..., H], weight: [H] -> [..., H]; statistics in fp32 (fp64 for fp64 input)
   at::Tensor (*rms_norm)(const at::Tensor& x, const at::Tensor& weight, double eps);

@@ -3,6 +3,7 @@ set(SFT_MODEL_SOURCES
   model/config.cpp
   model/safetensors_header.cpp
   model/safetensors.cpp
+  model/named_tensors.cpp
   model/weights.cpp
   model/llama.cpp
   model/lora.cpp

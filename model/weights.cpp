@@ -6,10 +6,10 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <set>
-#include <sstream>
 
 #include "common/errors.h"
+#include "common/text_file.h"
+#include "model/named_tensors.h"
 #include "model/safetensors.h"
 
 namespace sft::model {
@@ -59,14 +59,6 @@ bool is_ignorable_checkpoint_tensor(const std::string& name, const ModelConfig& 
 
 namespace {
 
-std::string shape_string(at::IntArrayRef shape) {
-  std::ostringstream out;
-  out << "[";
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << "]";
-  return out.str();
-}
-
 std::map<std::string, at::Tensor> parameters_by_name(torch::nn::Module& module) {
   std::map<std::string, at::Tensor> params;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) params[item.key()] = item.value();
@@ -77,42 +69,18 @@ std::map<std::string, at::Tensor> parameters_by_name(torch::nn::Module& module) 
 
 void load_weights(CausalLM& model, const fs::path& dir) {
   const ModelConfig& config = model->config();
-  CheckpointFiles files = CheckpointFiles::open(dir);
-  const std::vector<WeightEntry> table = weight_table(config);
+  const CheckpointFiles files = CheckpointFiles::open(dir);
   std::map<std::string, at::Tensor> params = parameters_by_name(*model);
-
-  std::set<std::string> expected;
-  std::vector<std::string> problems;
-  for (const WeightEntry& entry : table) {
-    expected.insert(entry.name);
-    if (!files.contains(entry.name)) {
-      problems.push_back("missing tensor '" + entry.name + "' (expected shape " + shape_string(entry.shape) + ")");
-      continue;
-    }
-    const StTensorInfo& info = files.info(entry.name);
-    if (info.shape != entry.shape) {
-      problems.push_back("tensor '" + entry.name + "' in " + files.file_of(entry.name) + " has shape " +
-                         shape_string(info.shape) + ", expected " + shape_string(entry.shape));
-    }
-  }
-  for (const std::string& name : files.tensor_names()) {
-    if (!expected.count(name) && !is_ignorable_checkpoint_tensor(name, config)) {
-      problems.push_back("unexpected tensor '" + name + "' in " + files.file_of(name));
-    }
-  }
-  if (!problems.empty()) {
-    std::string message = dir.string() + ": checkpoint does not match config.json:";
-    for (const std::string& problem : problems) message += "\n  - " + problem;
-    throw InputError(message);
-  }
-
-  torch::NoGradGuard no_grad;
-  for (const WeightEntry& entry : table) {
+  std::vector<TensorSlot> slots;
+  for (const WeightEntry& entry : weight_table(config)) {
     auto it = params.find(entry.name);
     if (it == params.end()) throw std::logic_error("weight table names unknown parameter " + entry.name);
-    at::Tensor& param = it->second;
-    param.copy_(files.load(entry.name, param.scalar_type()));
+    slots.push_back({entry.name, it->second});
   }
+  TensorMatchRules rules;
+  rules.heading = "checkpoint does not match config.json";
+  rules.ignorable = [&](const std::string& name) { return is_ignorable_checkpoint_tensor(name, config); };
+  load_named_tensors(NamedTensorSource::of(files, dir.string()), slots, rules);
 }
 
 CausalLM load_pretrained(const fs::path& dir, at::ScalarType dtype, const at::Device& device) {
@@ -124,20 +92,32 @@ CausalLM load_pretrained(const fs::path& dir, at::ScalarType dtype, const at::De
   return model;
 }
 
+std::optional<at::ScalarType> scalar_type_of(DtypeChoice choice) {
+  switch (choice) {
+    case DtypeChoice::kAuto: return std::nullopt;
+    case DtypeChoice::kFloat32: return at::kFloat;
+    case DtypeChoice::kBFloat16: return at::kBFloat16;
+    case DtypeChoice::kFloat16: return at::kHalf;
+  }
+  return std::nullopt;
+}
+
 at::ScalarType parse_dtype(const std::string& name, const std::string& key) {
-  if (name == "float32" || name == "fp32") return at::kFloat;
-  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
-  if (name == "float16" || name == "fp16") return at::kHalf;
-  throw InputError(key + ": '" + name + "' is not one of float32|bfloat16|float16");
+  const std::string full = name == "fp32" ? "float32" : name == "bf16" ? "bfloat16" : name == "fp16" ? "float16" : name;
+  const std::optional<DtypeChoice> choice = enum_from_name<DtypeChoice>(full);
+  if (choice && *choice != DtypeChoice::kAuto) return *scalar_type_of(*choice);
+  std::string names;  // every dtype name but auto
+  for (const auto& [entry, entry_name] : EnumNames<DtypeChoice>::entries) {
+    if (entry != DtypeChoice::kAuto) names += (names.empty() ? "" : "|") + std::string(entry_name);
+  }
+  throw InputError(key + ": '" + name + "' is not one of " + names);
 }
 
 std::string dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return c10::toString(dtype);
+  for (const auto& [entry, name] : EnumNames<DtypeChoice>::entries) {
+    if (scalar_type_of(entry) == dtype) return name;
   }
+  return c10::toString(dtype);
 }
 
 void save_pretrained(CausalLM& model, const fs::path& source_config_dir, const fs::path& out_dir,
@@ -171,14 +151,14 @@ void save_pretrained(CausalLM& model, const fs::path& source_config_dir, const f
       write_safetensors(out_dir / name, shards[s], metadata);
       for (const auto& [tensor_name, tensor] : shards[s]) index["weight_map"][tensor_name] = name;
     }
-    std::ofstream(out_dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+    write_text_file(out_dir / "model.safetensors.index.json", index.dump(2) + "\n");
   }
   // config.json: the source config with the saved dtype.
   std::ifstream in(source_config_dir / "config.json");
   nlohmann::json config = nlohmann::json::parse(in);
   config["torch_dtype"] = dtype_name(dtype);
   if (config.contains("dtype")) config["dtype"] = dtype_name(dtype);
-  std::ofstream(out_dir / "config.json") << config.dump(2) << "\n";
+  write_text_file(out_dir / "config.json", config.dump(2) + "\n");
 }
 
 }  // namespace sft::model

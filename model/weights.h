@@ -5,9 +5,12 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/enum_names.h"
+#include "model/choices.h"
 #include "model/config.h"
 #include "model/llama.h"
 
@@ -35,7 +38,11 @@ void load_weights(CausalLM& model, const std::filesystem::path& dir);
 void save_pretrained(CausalLM& model, const std::filesystem::path& source_config_dir,
                      const std::filesystem::path& out_dir, at::ScalarType dtype, int64_t shard_bytes);
 
-// Parses "float32" | "bfloat16" | "float16" (and "fp32"/"bf16"/"fp16"); throws InputError naming `key`.
+// DtypeChoice (model.dtype) is in model/choices.h.
+std::optional<at::ScalarType> scalar_type_of(DtypeChoice choice);  // nullopt for kAuto
+
+// Parses "float32" | "bfloat16" | "float16" (and "fp32"/"bf16"/"fp16"), the DtypeChoice names but auto;
+// throws InputError naming `key`.
 at::ScalarType parse_dtype(const std::string& name, const std::string& key);
 std::string dtype_name(at::ScalarType dtype);
 

@@ -257,7 +257,7 @@ fi
 import json, sys
 from pathlib import Path
 runs, dry, model = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
-# The CPU tests' bf16 tolerances (tests/test_train.cpp, README "What the training tests check"): bf16 compute
+# The CPU tests' bf16 tolerances (tests/test_train_precision.cpp, README "What the training tests check"): bf16 compute
 # over exact fp32 trained weights (LoRA) within 3e-3 relative, bf16-rounded trained weights (full) 2e-2.
 TOL = {"lora": 3e-3, "full": 2e-2}
 print(f"# sft train on the GPU ({'DRY RUN on the CPU: tiny model, 3 steps, numbers are not GPU results' if dry else 'CUDA'})\n")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""scripts/make_data_golden.py: reference chat-template renderings for tests/test_data.cpp.
+"""scripts/make_data_golden.py: reference chat-template renderings for tests/test_data_template.cpp.
 
 For every reference tokenizer (the shared assets plus SmolLM2 when scripts/get_model.sh has fetched it)
 and every conversation in CASES, records what HF transformers' apply_chat_template produces:

@@ -11,7 +11,8 @@ APT_PACKAGES=(cmake g++ make ccache pkg-config python3-venv
               libpcre2-dev libutf8proc-dev
               bsdgames clang libclang-rt-14-dev
               libgloo-dev  # the gloo headers of ProcessGroupGloo.hpp (torch ships none)
-              libprotobuf-dev protobuf-compiler libisal-dev zlib1g-dev)  # TensorBoard events, CRC32C, .gz data
+              libprotobuf-dev protobuf-compiler libisal-dev zlib1g-dev  # TensorBoard events, CRC32C, .gz data
+              libssl-dev)  # libcrypto: SHA-256 of checkpoint files
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -2,15 +2,22 @@
 set(SFT_TEST_SOURCES
   tests/test_util.cpp
   tests/test_safetensors.cpp
+  tests/test_safetensors_bad_input.cpp
   tests/test_model.cpp
+  tests/test_named_tensors.cpp
   tests/test_tokenizer.cpp
   tests/test_tokenizer_components.cpp
   tests/test_data.cpp
+  tests/test_data_formats.cpp
+  tests/test_data_template.cpp
+  tests/test_data_loader.cpp
   tests/test_attention.cpp
   tests/test_attention_cuda.cpp
   tests/test_attention_choice.cpp
   tests/test_config.cpp
   tests/test_train.cpp
+  tests/test_train_freeze.cpp
+  tests/test_train_precision.cpp
   tests/test_adapters.cpp
   tests/test_cli.cpp
 )

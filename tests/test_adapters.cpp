@@ -223,14 +223,14 @@ TEST(ConfigAdapters, NewKeysParseAndRoundTrip) {
                                 "finetune: {lora: {dora: true, lr_ratio: 16, init: gaussian}}\n", "c.yaml", {}, "c");
   EXPECT_TRUE(c.finetune.lora.dora);
   EXPECT_EQ(c.finetune.lora.lr_ratio, 16.0);
-  EXPECT_EQ(c.finetune.lora.init, "gaussian");
+  EXPECT_EQ(c.finetune.lora.init, LoraInit::kGaussian);
   const Config again = parse_config(config_to_yaml(c), "resolved.yaml", {}, "c");
   EXPECT_EQ(again.finetune.lora.lr_ratio, 16.0);
-  EXPECT_EQ(again.finetune.lora.init, "gaussian");
+  EXPECT_EQ(again.finetune.lora.init, LoraInit::kGaussian);
   const Config defaults = parse_config("model: {path: m}\ndata: {train: x.jsonl}\n", "c.yaml", {}, "c");
   EXPECT_FALSE(defaults.finetune.lora.dora);
   EXPECT_FALSE(defaults.finetune.lora.lr_ratio.has_value());
-  EXPECT_EQ(defaults.finetune.lora.init, "default");
+  EXPECT_EQ(defaults.finetune.lora.init, LoraInit::kDefault);
   const std::string reference = config_reference();
   for (const char* key : {"finetune.lora.dora", "finetune.lora.lr_ratio", "finetune.lora.init"}) {
     EXPECT_NE(reference.find(key), std::string::npos) << key;

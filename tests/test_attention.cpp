@@ -22,33 +22,15 @@
 #include "kernels/attention_params.h"
 #include "kernels/fused_attention.h"
 #include "kernels/ops.h"
+#include "tests/test_util.h"
 
 namespace sft::kernels {
 namespace {
 
-// Fresh random inputs every run; the seed is printed so a failure can be replayed (SFT_TEST_SEED).
-uint64_t fresh_seed() {
-  const char* env = std::getenv("SFT_TEST_SEED");
-  const uint64_t seed = env && *env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-  at::manual_seed(seed);
-  return seed;
-}
-
-struct Packed {
-  at::Tensor cu_host;  // int32 [n + 1]
-  int64_t total = 0, max_len = 0;
-};
-Packed pack(const std::vector<int32_t>& lens) {
-  std::vector<int32_t> off{0};
-  Packed p;
-  for (int32_t len : lens) {
-    off.push_back(off.back() + len);
-    p.max_len = std::max<int64_t>(p.max_len, len);
-  }
-  p.total = off.back();
-  p.cu_host = at::tensor(off, at::kInt);
-  return p;
-}
+// fresh_seed, Packed and pack: tests/test_util.h.
+using test::fresh_seed;
+using test::pack;
+using test::Packed;
 
 double max_abs(const at::Tensor& x) { return x.abs().max().item<double>(); }
 double max_err(const at::Tensor& a, const at::Tensor& b) {
@@ -223,16 +205,21 @@ std::string describe(const TwinCase& c) {
          " causal " + std::to_string(c.causal) + " deterministic " + std::to_string(c.deterministic);
 }
 
+// Every result (out, dq, dk, dv) within `relative` * scale of the fp64 reference.
+void expect_all_within(const TwinErrors& e, double relative) {
+  EXPECT_LT(e.out, relative * e.scale) << "out";
+  EXPECT_LT(e.dq, relative * e.scale) << "dq";
+  EXPECT_LT(e.dk, relative * e.scale) << "dk";
+  EXPECT_LT(e.dv, relative * e.scale) << "dv";
+}
+
 TEST(AttentionCpuTwin, Fp64MatchesReferenceOverCaseMatrix) {
   const uint64_t seed = fresh_seed();
   for (const TwinCase& c : case_matrix()) {
     const TwinErrors e = run_twin_case(c, at::kDouble);
     SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
     EXPECT_GT(e.scale, 0.1);  // the reference is not trivially zero
-    EXPECT_LT(e.out, 1e-11 * e.scale);
-    EXPECT_LT(e.dq, 1e-11 * e.scale);
-    EXPECT_LT(e.dk, 1e-11 * e.scale);
-    EXPECT_LT(e.dv, 1e-11 * e.scale);
+    expect_all_within(e, 1e-11);
   }
 }
 
@@ -242,10 +229,7 @@ TEST(AttentionCpuTwin, Fp32MatchesReferenceOverCaseMatrix) {
   for (const TwinCase& c : case_matrix()) {
     const TwinErrors e = run_twin_case(c, at::kFloat);
     SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
-    EXPECT_LT(e.out, 2e-5 * e.scale);
-    EXPECT_LT(e.dq, 2e-5 * e.scale);
-    EXPECT_LT(e.dk, 2e-5 * e.scale);
-    EXPECT_LT(e.dv, 2e-5 * e.scale);
+    expect_all_within(e, 2e-5);
     worst = std::max({worst, e.out / e.scale, e.dq / e.scale, e.dk / e.scale, e.dv / e.scale});
   }
   std::printf("[twin fp32] worst relative max-abs error vs fp64 reference: %.3g\n", worst);
@@ -257,10 +241,7 @@ TEST(AttentionCpuTwin, LongSequences) {
     const TwinCase c{{1000, 517}, 1, 2, 64, causal, false};
     const TwinErrors e = run_twin_case(c, at::kFloat);
     SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
-    EXPECT_LT(e.out, 2e-5 * e.scale);
-    EXPECT_LT(e.dq, 2e-5 * e.scale);
-    EXPECT_LT(e.dk, 2e-5 * e.scale);
-    EXPECT_LT(e.dv, 2e-5 * e.scale);
+    expect_all_within(e, 2e-5);
   }
 }
 
@@ -475,7 +456,9 @@ TEST(AttentionCpuTwin, LowPrecisionWithinTwiceTorchError) {
       const Packed p = pack({1, 65, 130, 33});
       at::Tensor q = at::randn({p.total, 4, 64}).to(dtype), k = at::randn({p.total, 2, 64}).to(dtype),
                  v = at::randn({p.total, 2, 64}).to(dtype), dout = at::randn({p.total, 4, 64}).to(dtype);
+      const bool flag_before = at::globalContext().allowFP16BF16ReductionMathSDP();
       const AttentionCheck r = check_fused_against_reference(q, k, v, dout, p.cu_host, p.max_len, 0.125, causal, false);
+      EXPECT_EQ(at::globalContext().allowFP16BF16ReductionMathSDP(), flag_before) << "the comparator's scope leaked";
       std::printf("[twin %s causal %d] %s\n", c10::toString(dtype), causal, r.describe().c_str());
       SCOPED_TRACE(r.describe() + " seed " + std::to_string(seed));
       EXPECT_TRUE(r.passed);

@@ -28,12 +28,12 @@ namespace {
 TEST(AttentionFusedChecks, DeterministicKeyReachesTheKernel) {
   Config config;
   config.model.path = "unused";
-  config.model.attention = "fused";
-  config.train.device = "cpu";
+  config.model.attention = AttentionImpl::Fused;
+  config.train.device = DeviceChoice::kCpu;
   EXPECT_EQ(resolve_runtime(config).attention, AttentionImpl::Fused);
   config.model.deterministic_attention = true;
   EXPECT_EQ(resolve_runtime(config).attention, AttentionImpl::FusedDeterministic);
-  config.model.attention = "auto";  // CPU auto stays sdpa
+  config.model.attention = AttentionImpl::Auto;  // CPU auto stays sdpa
   EXPECT_EQ(resolve_runtime(config).attention, AttentionImpl::Sdpa);
   at::manual_seed(std::random_device{}());
   const at::Tensor cu = at::tensor(std::vector<int32_t>{0, 97, 130}, at::kInt);  // documents of 97 and 33 tokens

@@ -18,6 +18,7 @@
 #include "kernels/attention_choice.h"
 #include "kernels/fused_attention.h"
 #include "kernels/ops.h"
+#include "tests/test_util.h"
 
 namespace sft::kernels {
 namespace {
@@ -34,28 +35,10 @@ std::string gpu_skip_reason() {
     if (!reason.empty()) GTEST_SKIP() << reason;                 \
   } while (0)
 
-uint64_t fresh_seed() {
-  const char* env = std::getenv("SFT_TEST_SEED");
-  const uint64_t seed = env && *env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-  at::manual_seed(seed);
-  return seed;
-}
-
-struct Packed {
-  at::Tensor cu_host;
-  int64_t total = 0, max_len = 0;
-};
-Packed pack(const std::vector<int32_t>& lens) {
-  std::vector<int32_t> off{0};
-  Packed p;
-  for (int32_t len : lens) {
-    off.push_back(off.back() + len);
-    p.max_len = std::max<int64_t>(p.max_len, len);
-  }
-  p.total = off.back();
-  p.cu_host = at::tensor(off, at::kInt);
-  return p;
-}
+// fresh_seed, Packed and pack: tests/test_util.h.
+using test::fresh_seed;
+using test::pack;
+using test::Packed;
 
 const at::Device kCuda(at::kCUDA, 0);
 

@@ -123,40 +123,29 @@ RunDir interrupted_run(const fs::path& dir, const std::string& extra, const std:
 
 // ---- exactness ---------------------------------------------------------------------------------------
 
-TEST(CheckpointResume, StopMidEpochThenResumeIsBitIdentical) {
+// An uninterrupted run and one stopped after each step in `stops` and resumed, same config (`extra`
+// YAML, `overrides`): every metrics line and final tensor bit-identical, `steps` optimizer steps.
+void expect_resume_is_bit_identical(const std::string& extra, const std::vector<int64_t>& stops, size_t steps,
+                                    const std::string& overrides = "") {
   test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), kLora);
-  RunDir resumed = interrupted_run(b.path(), kLora, {2});
-  expect_identical_runs(ref, resumed, 8);
+  RunDir ref = reference_run(a.path(), extra, overrides);
+  RunDir resumed = interrupted_run(b.path(), extra, stops, overrides);
+  expect_identical_runs(ref, resumed, steps);
 }
 
-TEST(CheckpointResume, StopAtEpochBoundaryThenResumeIsBitIdentical) {
-  test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), kLora);
-  RunDir resumed = interrupted_run(b.path(), kLora, {4});
-  expect_identical_runs(ref, resumed, 8);
-}
+TEST(CheckpointResume, StopMidEpochThenResumeIsBitIdentical) { expect_resume_is_bit_identical(kLora, {2}, 8); }
 
-TEST(CheckpointResume, ResumeTwiceIsBitIdentical) {
-  test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), kLora);
-  RunDir resumed = interrupted_run(b.path(), kLora, {3, 6});
-  expect_identical_runs(ref, resumed, 8);
-}
+TEST(CheckpointResume, StopAtEpochBoundaryThenResumeIsBitIdentical) { expect_resume_is_bit_identical(kLora, {4}, 8); }
+
+TEST(CheckpointResume, ResumeTwiceIsBitIdentical) { expect_resume_is_bit_identical(kLora, {3, 6}, 8); }
 
 TEST(CheckpointResume, StepSpanningTheEpochBoundaryWithGradAccum3) {
   // 8 micro-batches per epoch, grad_accum 3: step 3 takes micro-batches 7, 8 of epoch 1 and 1 of epoch 2.
-  test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), kLora, "train.grad_accum=3");
-  RunDir resumed = interrupted_run(b.path(), kLora, {3}, "train.grad_accum=3");
-  expect_identical_runs(ref, resumed, 6);
+  expect_resume_is_bit_identical(kLora, {3}, 6, "train.grad_accum=3");
 }
 
 TEST(CheckpointResume, FullFineTuneResumeIsBitIdentical) {
-  test::TempDir a, b;
-  RunDir ref = reference_run(a.path(), "finetune: {method: full}\n");
-  RunDir resumed = interrupted_run(b.path(), "finetune: {method: full}\n", {3});
-  expect_identical_runs(ref, resumed, 8);
+  expect_resume_is_bit_identical("finetune: {method: full}\n", {3}, 8);
 }
 
 // Adapter methods (issue 14): DoRA magnitudes and LoRA+ lr multipliers resume exactly; PiSSA recomputes
@@ -166,10 +155,7 @@ TEST(CheckpointResume, DoraLoraPlusAndPissaResumeAreBitIdentical) {
        {"finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.1, dora: true, lr_ratio: 4}}\n",
         "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, init: pissa}}\n"}) {
     SCOPED_TRACE(method);
-    test::TempDir a, b;
-    RunDir ref = reference_run(a.path(), method);
-    RunDir resumed = interrupted_run(b.path(), method, {3});
-    expect_identical_runs(ref, resumed, 8);
+    expect_resume_is_bit_identical(method, {3}, 8);
   }
 }
 
@@ -299,14 +285,45 @@ TEST(CheckpointFormat, LoadCheckpointWeightsForScoring) {
     ++compared;
   }
   EXPECT_EQ(compared, 14);
-  // A model without LoRA has no parameter for the adapter tensors: the error names file and tensor.
+  // A model without LoRA has no parameter for the adapter tensors, and its trainable base weights are not
+  // in the checkpoint: one error names the file, the missing and the unexpected tensors.
   model::CausalLM plain = model::load_pretrained(train_golden() / "base", at::kFloat, at::kCPU);
   try {
     load_checkpoint_weights(plain, run.checkpoint(2));
     ADD_FAILURE() << "expected InputError";
   } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("weights.safetensors: tensor 'model.layers."), std::string::npos) << e.what();
+    const std::string message = e.what();
+    EXPECT_NE(message.find("weights.safetensors: does not match the model's trainable parameters"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("missing tensor 'model.embed_tokens.weight'"), std::string::npos) << message;
+    EXPECT_NE(message.find("unexpected tensor 'model.layers."), std::string::npos) << message;
   }
+}
+
+// The full-disk injection is an options struct the caller passes (no environment): a budget of 100 bytes
+// cuts weights.safetensors, the save fails as ENOSPC naming the file, and no directory is left; without
+// the option the same contents save and verify.
+TEST(CheckpointFormat, InjectedWriteFailureLeavesNothing) {
+  test::TempDir tmp;
+  CheckpointContents contents;
+  contents.step = 3;
+  contents.weights = {{"w", at::arange(64, at::kFloat)}};
+  contents.optimizer = {{"w.exp_avg", at::zeros({64})}};
+  contents.trainer_state = {{"global_step", 3}};
+  const fs::path checkpoints = tmp.path() / "checkpoints";
+  try {
+    write_checkpoint(checkpoints, contents, CheckpointWriteOptions{100});
+    ADD_FAILURE() << "expected the injected failure";
+  } catch (const std::runtime_error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find(kCheckpointWeights + std::string(": write failed: No space left on device")), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("earlier checkpoints are intact"), std::string::npos) << message;
+  }
+  EXPECT_TRUE(fs::is_empty(checkpoints));
+  const fs::path saved = write_checkpoint(checkpoints, contents);
+  EXPECT_EQ(saved.filename(), "step-00000003");
+  EXPECT_NO_THROW(verify_checkpoint(saved));
 }
 
 TEST(CheckpointFormat, Sha256KnownAnswers) {
@@ -457,7 +474,7 @@ TEST(CheckpointCrash, FullDiskDuringASaveFailsClearlyAndKeepsThePreviousCheckpoi
   RunDir run = make_run(b.path(), base_config(b.path() / "out", extra));
   ASSERT_EQ(train(run, "--stop-after-steps 2").exit_code, 0);
   // The step-3 save runs out of space 2000 bytes in (inside weights.safetensors).
-  auto failed = train(run, "", "SFT_TEST_FAIL_WRITE_AFTER_BYTES=2000");
+  auto failed = train(run, "--test-fail-checkpoint-write-after-bytes 2000");
   EXPECT_EQ(failed.exit_code, 1) << failed.output;
   EXPECT_NE(failed.output.find("No space left on device"), std::string::npos) << failed.output;
   EXPECT_NE(failed.output.find("step-00000003"), std::string::npos) << failed.output;

@@ -20,7 +20,7 @@ std::string error_of(const std::string& yaml, const std::vector<std::string>& ov
 
 TEST(Config, DefaultsFromCode) {
   Config c = parse_config("model: {path: m}\ndata: {train: t.jsonl}\n", "c.yaml", {}, "demo");
-  EXPECT_EQ(c.finetune.method, "lora");
+  EXPECT_EQ(c.finetune.method, FinetuneMethod::kLora);
   EXPECT_EQ(c.finetune.lora.r, 8);
   EXPECT_EQ(c.finetune.lora.targets.size(), 7u);
   EXPECT_DOUBLE_EQ(c.train.lr, 2e-4);
@@ -36,7 +36,7 @@ TEST(Config, DottedOverridesWin) {
                            "data.system_prompt=Be brief."},
                           "c");
   EXPECT_DOUBLE_EQ(c.train.lr, 1e-4);
-  EXPECT_EQ(c.finetune.method, "full");
+  EXPECT_EQ(c.finetune.method, FinetuneMethod::kFull);
   EXPECT_FALSE(c.finetune.freeze.trainable_layers.count.has_value());
   EXPECT_EQ(c.finetune.freeze.trainable_layers.indices, (std::vector<int64_t>{0, 3}));
   EXPECT_EQ(c.data.train.size(), 2u);
@@ -93,6 +93,46 @@ TEST(Config, EveryShippedConfigLoads) {
     ++loaded;
   }
   EXPECT_GE(loaded, 4);
+}
+
+// Every config choice is an enum with one list of names: a bad name lists them all (one problem per key),
+// the resolved YAML writes the name, and `sft help config` shows the same list.
+TEST(Config, BadChoiceNamesListEveryAllowedName) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"model.dtype=fp8", "model.dtype 'fp8' is not one of auto|float32|bfloat16|float16"},
+      {"model.attention=flash", "model.attention 'flash' is not one of auto|fused|sdpa|eager"},
+      {"model.fused_ops=[rope, flash]", "model.fused_ops: unknown op 'flash' (auto, none, or a list of rmsnorm, rope, swiglu, linear_ce)"},
+      {"data.format=csv", "data.format 'csv' is not one of auto|alpaca|prompt_response|messages|sharegpt|tokenized"},
+      {"data.template=vicuna", "data.template 'vicuna' is not one of auto|chatml|qwen3|llama2|llama3|mistral|alpaca|plain"},
+      {"data.truncation=left", "data.truncation 'left' is not one of right|drop"},
+      {"finetune.method=prefix", "finetune.method 'prefix' is not one of lora|freeze|full"},
+      {"finetune.lora.init=loftq", "finetune.lora.init 'loftq' is not one of default|gaussian|pissa|olora"},
+      {"train.scheduler=step", "train.scheduler 'step' is not one of cosine|linear|constant"},
+      {"train.device=tpu", "train.device 'tpu' is not one of auto|cpu|cuda"},
+      {"train.mixed_precision=fp16", "train.mixed_precision 'fp16' is not one of auto|none|bf16"},
+      {"dist.backend=mpi", "dist.backend 'mpi' is not one of auto|gloo|nccl"},
+  };
+  for (const auto& [override_text, expected] : cases) {
+    const std::string message = error_of("model: {path: m}\ndata: {train: t.jsonl}\n", {override_text});
+    EXPECT_NE(message.find("c.yaml: " + expected), std::string::npos) << override_text << ":\n" << message;
+    EXPECT_NE(message.find("(1 problem)"), std::string::npos) << message;
+  }
+  EXPECT_NE(error_of("model: {path: m, attention: [sdpa]}\ndata: {train: t.jsonl}\n")
+                .find("model.attention must be one of auto|fused|sdpa|eager, got a list"),
+            std::string::npos);
+  Config c = parse_config("model: {path: m}\ndata: {train: t.jsonl}\n", "c.yaml",
+                          {"data.template=llama3", "train.scheduler=linear", "model.fused_ops=[swiglu, rope]"}, "c");
+  EXPECT_EQ(c.data.chat_template, data::TemplateKind::kLlama3);
+  EXPECT_EQ(c.train.scheduler, Scheduler::kLinear);
+  const std::string yaml = config_to_yaml(c);
+  EXPECT_NE(yaml.find("template: llama3"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("scheduler: linear"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("fused_ops: [swiglu, rope]"), std::string::npos) << yaml;
+  EXPECT_EQ(parse_config(yaml, "resolved.yaml", {}, "c").model.fused_ops, c.model.fused_ops);
+  const std::string reference = config_reference();
+  EXPECT_NE(reference.find("auto|chatml|qwen3|llama2|llama3|mistral|alpaca|plain: chat template"), std::string::npos)
+      << reference;
+  EXPECT_NE(reference.find("auto | none | a list of rmsnorm, rope, swiglu, linear_ce"), std::string::npos) << reference;
 }
 
 TEST(Config, ReferenceListsEveryKeyWithDefault) {

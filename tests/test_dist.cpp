@@ -103,9 +103,9 @@ TEST(DistEnv, BadPairsAreInputErrorsNamingTheVariable) {
 TEST(DistBackend, AutoIsGlooOnCpuAndNcclOnCpuIsRefused) {
   DistOptions options;
   EXPECT_EQ(resolve_backend(options, at::Device(at::kCPU)), "gloo");
-  options.backend = "gloo";
+  options.backend = DistBackend::kGloo;
   EXPECT_EQ(resolve_backend(options, at::Device(at::kCPU)), "gloo");
-  options.backend = "nccl";
+  options.backend = DistBackend::kNccl;
   try {
     resolve_backend(options, at::Device(at::kCPU));
     FAIL() << "nccl on CPU must be refused";
@@ -134,7 +134,7 @@ TEST(DistTrainerState, LayoutAndParserRoundTrip) {
   s.micro_batch_size = 2;
   s.grad_accum = 2;
   s.sampler = {3, 1, 12};
-  s.schedule.kind = "linear";
+  s.schedule.kind = Scheduler::kLinear;
   s.schedule.warmup_steps = 2;
   s.rng = {{"cpu", "00ff"}};
   s.window_loss = 1.5;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -77,6 +78,25 @@ std::string read_text(const fs::path& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
+}
+
+uint64_t fresh_seed() {
+  const char* env = std::getenv("SFT_TEST_SEED");
+  const uint64_t seed = env && *env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+  at::manual_seed(seed);
+  return seed;
+}
+
+Packed pack(const std::vector<int32_t>& lens) {
+  std::vector<int32_t> off{0};
+  Packed p;
+  for (int32_t len : lens) {
+    off.push_back(off.back() + len);
+    p.max_len = std::max<int64_t>(p.max_len, len);
+  }
+  p.total = off.back();
+  p.cu_host = at::tensor(off, at::kInt);
+  return p;
 }
 
 }  // namespace sft::test

@@ -1,7 +1,11 @@
 // tests/test_util.h: shared test helpers: where golden data lives, temp dirs, running the `sft` binary.
 #pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace sft::test {
 
@@ -32,5 +36,16 @@ RunResult run_command(const std::string& command_line);
 
 void write_text(const std::filesystem::path& path, const std::string& text);
 std::string read_text(const std::filesystem::path& path);
+
+// Seeds LibTorch's generator with a fresh random seed (or env SFT_TEST_SEED, to replay a failure) and
+// returns it, so random-input tests print what they ran.
+uint64_t fresh_seed();
+
+// Document boundaries of a packed stream of documents of `lens` tokens (the attention tests' layout).
+struct Packed {
+  at::Tensor cu_host;  // int32 [n + 1] on the CPU
+  int64_t total = 0, max_len = 0;
+};
+Packed pack(const std::vector<int32_t>& lens);
 
 }  // namespace sft::test

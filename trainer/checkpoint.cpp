@@ -17,7 +17,10 @@
 #include <mutex>
 #include <regex>
 
+#include <openssl/evp.h>
+
 #include "common/errors.h"
+#include "model/named_tensors.h"
 #include "model/safetensors.h"
 #include "trainer/setup.h"
 
@@ -26,76 +29,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-// ---- SHA-256 -----------------------------------------------------------------------------------------
-class Sha256 {
- public:
-  void update(const uint8_t* data, size_t size) {
-    total_ += size;
-    while (size > 0) {
-      const size_t take = std::min(size, 64 - fill_);
-      std::memcpy(block_.data() + fill_, data, take);
-      fill_ += take;
-      data += take;
-      size -= take;
-      if (fill_ == 64) {
-        compress(block_.data());
-        fill_ = 0;
-      }
-    }
-  }
-  std::string hex() {
-    const uint64_t bits = total_ * 8;
-    const uint8_t pad = 0x80;
-    update(&pad, 1);
-    const uint8_t zero = 0;
-    while (fill_ != 56) update(&zero, 1);
-    uint8_t length[8];
-    for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
-    update(length, 8);
-    static const char* digits = "0123456789abcdef";
-    std::string out;
-    for (uint32_t word : h_) {
-      for (int shift = 28; shift >= 0; shift -= 4) out.push_back(digits[(word >> shift) & 0xF]);
-    }
-    return out;
-  }
-
- private:
-  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-  void compress(const uint8_t* p) {
-    static constexpr uint32_t k[64] = {
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-    uint32_t w[64];
-    for (int i = 0; i < 16; ++i) {
-      w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) | (uint32_t(p[4 * i + 2]) << 8) | p[4 * i + 3];
-    }
-    for (int i = 16; i < 64; ++i) {
-      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
-    for (int i = 0; i < 64; ++i) {
-      const uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
-      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-      h = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
-    }
-    h_[0] += a, h_[1] += b, h_[2] += c, h_[3] += d, h_[4] += e, h_[5] += f, h_[6] += g, h_[7] += h;
-  }
-  std::array<uint32_t, 8> h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  std::array<uint8_t, 64> block_{};
-  size_t fill_ = 0;
-  uint64_t total_ = 0;
-};
 
 // ---- durable writes ------------------------------------------------------------------------------------
 
@@ -130,20 +63,18 @@ void write_file_synced(const fs::path& path, const std::string& bytes) {
   if (rc != 0) throw std::runtime_error(path.string() + ": fsync failed: " + why);
 }
 
-// The byte budget of SFT_TEST_FAIL_WRITE_AFTER_BYTES: every file of a checkpoint is charged after it is
-// written; the one that crosses the budget is cut to what still fitted and the save fails as ENOSPC.
+// The byte budget of CheckpointWriteOptions::fail_after_bytes: every file of a checkpoint is charged after
+// it is written; the one that crosses the budget is cut to what still fitted and the save fails as ENOSPC.
 class WriteBudget {
  public:
-  WriteBudget() {
-    if (const char* env = std::getenv("SFT_TEST_FAIL_WRITE_AFTER_BYTES")) remaining_ = std::stoll(env);
-  }
+  explicit WriteBudget(const CheckpointWriteOptions& options) : remaining_(options.fail_after_bytes.value_or(-1)) {}
   void charge(const fs::path& file) {
     if (remaining_ < 0) return;
     const int64_t size = static_cast<int64_t>(fs::file_size(file));
     if (size > remaining_) {
       fs::resize_file(file, static_cast<uintmax_t>(remaining_));
       throw std::runtime_error(file.string() + ": write failed: " + std::strerror(ENOSPC) +
-                               " (injected by SFT_TEST_FAIL_WRITE_AFTER_BYTES)");
+                               " (injected by the fail_after_bytes test option)");
     }
     remaining_ -= size;
   }
@@ -223,9 +154,38 @@ std::string generator_state_hex(at::Generator gen) {
 
 }  // namespace
 
+namespace {
+
+// OpenSSL's libcrypto SHA-256 behind the EVP interface; the context is freed on every path.
+class Sha256 {
+ public:
+  Sha256() : context_(EVP_MD_CTX_new()) {
+    if (!context_ || EVP_DigestInit_ex(context_.get(), EVP_sha256(), nullptr) != 1) {
+      throw std::runtime_error("sha256: OpenSSL EVP_DigestInit_ex failed");
+    }
+  }
+  void update(const void* data, size_t size) {
+    if (EVP_DigestUpdate(context_.get(), data, size) != 1) throw std::runtime_error("sha256: EVP_DigestUpdate failed");
+  }
+  std::string hex() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    if (EVP_DigestFinal_ex(context_.get(), digest, &length) != 1) throw std::runtime_error("sha256: EVP_DigestFinal_ex failed");
+    return to_hex(digest, length);
+  }
+
+ private:
+  struct Free {
+    void operator()(EVP_MD_CTX* context) const { EVP_MD_CTX_free(context); }
+  };
+  std::unique_ptr<EVP_MD_CTX, Free> context_;
+};
+
+}  // namespace
+
 std::string sha256_hex(const void* data, size_t size) {
   Sha256 hash;
-  hash.update(static_cast<const uint8_t*>(data), size);
+  hash.update(data, size);
   return hash.hex();
 }
 
@@ -236,7 +196,7 @@ std::string sha256_file(const fs::path& path) {
   std::vector<char> buffer(1 << 20);
   while (in) {
     in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    hash.update(reinterpret_cast<const uint8_t*>(buffer.data()), static_cast<size_t>(in.gcount()));
+    hash.update(buffer.data(), static_cast<size_t>(in.gcount()));
   }
   return hash.hex();
 }
@@ -266,9 +226,10 @@ void write_rank_state(const fs::path& tmp, int64_t rank, const json& state) {
   write_file_synced(tmp / rank_state_name(rank), state.dump(2) + "\n");
 }
 
-fs::path commit_checkpoint(const fs::path& checkpoints_dir, const fs::path& tmp, const CheckpointContents& contents) {
+fs::path commit_checkpoint(const fs::path& checkpoints_dir, const fs::path& tmp, const CheckpointContents& contents,
+                           const CheckpointWriteOptions& options) {
   const fs::path final_dir = checkpoints_dir / step_dir_name(contents.step);
-  WriteBudget budget;
+  WriteBudget budget(options);
   try {
     json files = json::object();
     auto record = [&](const std::string& relative) {
@@ -310,7 +271,8 @@ fs::path commit_checkpoint(const fs::path& checkpoints_dir, const fs::path& tmp,
   return final_dir;
 }
 
-fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointContents& contents) {
+fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointContents& contents,
+                          const CheckpointWriteOptions& options) {
   fs::path tmp;
   try {
     tmp = begin_checkpoint(checkpoints_dir, contents.step);
@@ -318,7 +280,7 @@ fs::path write_checkpoint(const fs::path& checkpoints_dir, const CheckpointConte
     throw std::runtime_error("checkpoint of step " + std::to_string(contents.step) + " in " + checkpoints_dir.string() +
                              " was not saved: " + e.what() + " (earlier checkpoints are intact)");
   }
-  return commit_checkpoint(checkpoints_dir, tmp, contents);
+  return commit_checkpoint(checkpoints_dir, tmp, contents, options);
 }
 
 std::optional<json> read_rank_state(const fs::path& dir, int64_t rank) {
@@ -409,23 +371,15 @@ CheckpointContents read_checkpoint(const fs::path& dir) {
 
 void load_checkpoint_weights(model::CausalLM& lm, const fs::path& dir) {
   verify_checkpoint(dir);
-  const fs::path path = dir / kCheckpointWeights;
-  auto file = model::SafetensorsFile::open(path);
-  std::map<std::string, at::Tensor> params;
-  for (const auto& item : lm->named_parameters()) params.emplace(item.key(), item.value());
-  torch::NoGradGuard no_grad;
-  for (const model::StTensorInfo& info : file->header().tensors) {
-    auto it = params.find(info.name);
-    if (it == params.end()) {
-      throw InputError(path.string() + ": tensor '" + info.name +
-                       "' is not a parameter of the model (set up the run's finetune method first)");
-    }
-    if (info.shape != it->second.sizes().vec()) {
-      throw InputError(path.string() + ": tensor '" + info.name + "' has shape " +
-                       c10::str(c10::IntArrayRef(info.shape)) + " but the model expects " + c10::str(it->second.sizes()));
-    }
-    it->second.copy_(file->load(info.name, it->second.scalar_type()));
+  // The checkpoint holds exactly the run's trainable parameters: those the finetune method left trainable.
+  std::vector<model::TensorSlot> slots;
+  for (const auto& item : lm->named_parameters()) {
+    if (item.value().requires_grad()) slots.push_back({item.key(), item.value()});
   }
+  auto file = model::SafetensorsFile::open(dir / kCheckpointWeights);
+  model::TensorMatchRules rules;
+  rules.heading = "does not match the model's trainable parameters (set up the run's finetune method first)";
+  model::load_named_tensors(model::NamedTensorSource::of(*file), slots, rules);
 }
 
 json run_fingerprint(const Config& config) {
@@ -433,7 +387,7 @@ json run_fingerprint(const Config& config) {
   const fs::path model_config = fs::path(config.model.path) / "config.json";
   fp["model_config"] = {{"path", model_config.string()}, {"sha256", sha256_file(model_config)}};
   json tokenizer = json::object();
-  if (config.data.format != "tokenized") {
+  if (config.data.format != data::Format::kTokenized) {
     const fs::path dir = tokenizer_dir(config);
     for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                              "chat_template.jinja"}) {
@@ -441,8 +395,8 @@ json run_fingerprint(const Config& config) {
     }
   }
   fp["tokenizer_files"] = tokenizer;
-  fp["chat_template"] = config.data.chat_template;
-  fp["data_format"] = config.data.format;
+  fp["chat_template"] = enum_name(config.data.chat_template);
+  fp["data_format"] = enum_name(config.data.format);
   json data = json::array();
   for (const std::string& file : config.data.train) data.push_back({{"path", file}, {"sha256", sha256_file(file)}});
   fp["data_train"] = data;

@@ -46,6 +46,14 @@ struct CheckpointContents {
   nlohmann::json trainer_state;
 };
 
+// How a checkpoint is written. fail_after_bytes is a test injection only (tests pass it in; `sft train`
+// takes it from the test-only flag --test-fail-checkpoint-write-after-bytes N): once N bytes of this
+// checkpoint are written, the save fails like ENOSPC, the file being written left truncated as a full
+// disk would leave it.
+struct CheckpointWriteOptions {
+  std::optional<int64_t> fail_after_bytes;
+};
+
 // Multi-process save, driven by trainer/train.cpp: rank 0 calls begin_checkpoint() (a fresh temp dir)
 // and tells the others its path; every rank r != 0 calls write_rank_state(tmp, r, ...); a barrier; rank 0
 // calls commit_checkpoint(), which writes the replicated weights, optimizer state and trainer_state, hashes
@@ -54,15 +62,15 @@ struct CheckpointContents {
 std::filesystem::path begin_checkpoint(const std::filesystem::path& checkpoints_dir, int64_t step);
 void write_rank_state(const std::filesystem::path& tmp, int64_t rank, const nlohmann::json& state);
 std::filesystem::path commit_checkpoint(const std::filesystem::path& checkpoints_dir, const std::filesystem::path& tmp,
-                                        const CheckpointContents& contents);
+                                        const CheckpointContents& contents, const CheckpointWriteOptions& options = {});
 // ranks/rank-XXXXX.json of a verified checkpoint, if that rank wrote one.
 std::optional<nlohmann::json> read_rank_state(const std::filesystem::path& dir, int64_t rank);
 
 // Writes checkpoints_dir/step-%08d atomically (see above) and returns its path (begin + commit). Any failure (disk full,
 // I/O error) removes the temp dir and throws std::runtime_error naming the file; older checkpoints are
-// untouched. Test hook: env SFT_TEST_FAIL_WRITE_AFTER_BYTES=N makes the save fail like ENOSPC once N
-// bytes of this checkpoint are written (the file being written is left truncated, as a full disk would).
-std::filesystem::path write_checkpoint(const std::filesystem::path& checkpoints_dir, const CheckpointContents& contents);
+// untouched. options.fail_after_bytes (tests only) injects a full disk.
+std::filesystem::path write_checkpoint(const std::filesystem::path& checkpoints_dir, const CheckpointContents& contents,
+                                       const CheckpointWriteOptions& options = {});
 
 struct CheckpointEntry {
   int64_t step = 0;

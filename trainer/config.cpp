@@ -10,7 +10,9 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
+#include "common/enum_names.h"
 #include "common/errors.h"
 
 namespace sft {
@@ -21,9 +23,9 @@ namespace {
 template <class V>
 void visit_fields(Config& c, V& v) {
   v("model.path", c.model.path, "HF model directory: config.json + model.safetensors or sharded index (required)");
-  v("model.dtype", c.model.dtype, "compute dtype: auto|float32|bfloat16|float16 (CPU auto = float32, CUDA auto = bfloat16)");
-  v("model.attention", c.model.attention, "attention implementation: auto|fused|sdpa|eager");
-  v("model.fused_ops", c.model.fused_ops, "fused kernels: auto (all) | none (composite ATen ops) | list of rmsnorm, rope, swiglu, linear_ce");
+  v("model.dtype", c.model.dtype, "compute dtype (CPU auto = float32, CUDA auto = bfloat16)");
+  v("model.attention", c.model.attention, "attention implementation");
+  v("model.fused_ops", c.model.fused_ops, "fused kernels (auto: those measured faster on the device; none: the composite ATen ops)");
   v("model.gradient_checkpointing", c.model.gradient_checkpointing, "recompute layer activations in backward to save memory");
   v("model.deterministic_attention", c.model.deterministic_attention,
     "fused attention backward without atomics: bitwise reproducible dQ, costs an extra pass over the keys");
@@ -31,8 +33,8 @@ void visit_fields(Config& c, V& v) {
   v("data.train", c.data.train, "training JSONL file or list of files (required)");
   v("data.eval", c.data.eval, "held-out JSONL file; if absent, eval_ratio of train is held out (seeded)");
   v("data.eval_ratio", c.data.eval_ratio, "fraction of train held out when data.eval is absent, in [0, 1)");
-  v("data.format", c.data.format, "auto|alpaca|prompt_response|messages|sharegpt|tokenized (auto: detected per file; tokenized = {input_ids, labels} lines)");
-  v("data.template", c.data.chat_template, "chat template: auto|chatml|llama2|llama3|mistral|alpaca|plain");
+  v("data.format", c.data.format, "data file format (auto: detected per file; tokenized = {input_ids, labels} lines)");
+  v("data.template", c.data.chat_template, "chat template (auto: recognised from tokenizer_config.json)");
   v("data.system_prompt", c.data.system_prompt, "system prompt added when an example has none");
   v("data.max_seq_len", c.data.max_seq_len, "maximum tokens per example (and per packed row)");
   v("data.truncation", c.data.truncation, "right: cut long examples keeping >= 1 target token | drop: drop them");
@@ -41,7 +43,7 @@ void visit_fields(Config& c, V& v) {
   v("data.mask_history", c.data.mask_history, "multi-turn: true trains on the last assistant turn only");
   v("data.skip_invalid", c.data.skip_invalid, "false: the first malformed line is an error; true: skip and count");
   v("data.max_invalid", c.data.max_invalid, "with skip_invalid, fail when more than this many lines are bad");
-  v("finetune.method", c.finetune.method, "lora|freeze|full");
+  v("finetune.method", c.finetune.method, "fine-tuning method");
   v("finetune.lora.r", c.finetune.lora.r, "LoRA rank (> 0)");
   v("finetune.lora.alpha", c.finetune.lora.alpha, "LoRA alpha; scale = alpha / r (alpha / sqrt(r) with rslora)");
   v("finetune.lora.dropout", c.finetune.lora.dropout, "dropout on the LoRA input, in [0, 1)");
@@ -50,7 +52,7 @@ void visit_fields(Config& c, V& v) {
   v("finetune.lora.init_from", c.finetune.lora.init_from, "start from an existing PEFT adapter directory");
   v("finetune.lora.dora", c.finetune.lora.dora, "DoRA (PEFT use_dora): trainable magnitude per output row times the row-normalised W + scale*B@A");
   v("finetune.lora.lr_ratio", c.finetune.lora.lr_ratio, "LoRA+ (PEFT create_loraplus_optimizer): B matrices and DoRA magnitudes train at lr * ratio (> 0); null = off");
-  v("finetune.lora.init", c.finetune.lora.init, "adapter init, as PEFT init_lora_weights: default (A Kaiming-uniform, B 0) | gaussian (A ~ N(0, 1/r)) | pissa | olora");
+  v("finetune.lora.init", c.finetune.lora.init, "adapter init, as PEFT init_lora_weights: default (A Kaiming-uniform, B 0), gaussian (A ~ N(0, 1/r)), pissa (SVD), olora (QR)");
   v("finetune.freeze.trainable_layers", c.finetune.freeze.trainable_layers, "N > 0: last N layers; N < 0: first |N|; or a list of layer indices");
   v("finetune.freeze.trainable_modules", c.finetune.freeze.trainable_modules, "all | list of self_attn, mlp, q_proj, ... within the trainable layers");
   v("finetune.freeze.extra_modules", c.finetune.freeze.extra_modules, "also train: embed_tokens, norm, lm_head");
@@ -60,7 +62,7 @@ void visit_fields(Config& c, V& v) {
   v("train.micro_batch_size", c.train.micro_batch_size, "rows per micro-batch (with packing: rows of up to max_seq_len tokens)");
   v("train.grad_accum", c.train.grad_accum, "micro-batches per optimizer step");
   v("train.lr", c.train.lr, "peak learning rate");
-  v("train.scheduler", c.train.scheduler, "cosine|linear|constant (after warmup)");
+  v("train.scheduler", c.train.scheduler, "learning-rate schedule after warmup");
   v("train.warmup_steps", c.train.warmup_steps, "linear warmup steps (0: use warmup_ratio)");
   v("train.warmup_ratio", c.train.warmup_ratio, "warmup as a fraction of total steps, used when warmup_steps is 0");
   v("train.min_lr_ratio", c.train.min_lr_ratio, "final lr as a fraction of lr (cosine and linear)");
@@ -68,8 +70,8 @@ void visit_fields(Config& c, V& v) {
   v("train.adam_betas", c.train.adam_betas, "AdamW betas [beta1, beta2]");
   v("train.adam_eps", c.train.adam_eps, "AdamW epsilon");
   v("train.max_grad_norm", c.train.max_grad_norm, "clip gradients to this global L2 norm (<= 0: no clipping)");
-  v("train.device", c.train.device, "auto|cpu|cuda");
-  v("train.mixed_precision", c.train.mixed_precision, "auto|none|bf16: bf16 autocast with fp32 master weights for trained parameters (auto: bf16 on CUDA unless model.dtype is float32/float16, none on CPU)");
+  v("train.device", c.train.device, "training device (auto: cuda when available)");
+  v("train.mixed_precision", c.train.mixed_precision, "bf16 = bf16 autocast with fp32 master weights for trained parameters (auto: bf16 on CUDA unless model.dtype is float32/float16, none on CPU)");
   v("train.threads", c.train.threads, "CPU threads; 0 = all cores");
   v("eval.every_steps", c.eval.every_steps, "evaluate every N optimizer steps; 0 = only at the end");
   v("eval.batch_size", c.eval.batch_size, "examples per evaluation batch");
@@ -82,7 +84,7 @@ void visit_fields(Config& c, V& v) {
   v("log.every_steps", c.log.every_steps, "write metrics.jsonl every N optimizer steps");
   v("log.progress", c.log.progress, "progress bar on a terminal; plain lines otherwise");
   v("log.tensorboard", c.log.tensorboard, "also write TensorBoard event files (train/*, eval/* scalars) to output_dir/tensorboard/");
-  v("dist.backend", c.dist.backend, "multi-process backend: auto|gloo|nccl (auto: NCCL on CUDA, Gloo on CPU)");
+  v("dist.backend", c.dist.backend, "multi-process backend (auto: NCCL on CUDA, Gloo on CPU)");
   v("dist.timeout_s", c.dist.timeout_s, "timeout of every collective and store wait in seconds: a dead or hung rank fails the job after it");
   v("dist.bucket_mb", c.dist.bucket_mb, "gradient allreduce bucket size in MiB (buckets start during the last micro-batch's backward)");
   v("dist.force_process_group", c.dist.force_process_group, "build the process group and run the collectives even at world size 1 (e.g. to check NCCL on one GPU); off: a world of one skips them");
@@ -113,6 +115,27 @@ class FieldParser {
       if (!node->IsScalar()) return problem(key, "must be a string or null, got " + describe(*node));
       field = node->Scalar();
     }
+  }
+  // A config choice: one of its enum's names (common/enum_names.h).
+  template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+  void operator()(const char* key, E& field, const char*) {
+    if (auto* node = take(key)) {
+      if (!node->IsScalar()) return problem(key, "must be one of " + enum_names_joined<E>() + ", got " + describe(*node));
+      if (std::optional<E> value = enum_from_name<E>(node->Scalar())) {
+        field = *value;
+      } else {
+        problems_.push_back(label_ + ": " + enum_name_problem<E>(key, node->Scalar()));
+      }
+    }
+  }
+  void operator()(const char* key, kernels::FusedOpsChoice& field, const char* help) {
+    std::vector<std::string> names = kernels::fused_ops_choice_names(field);
+    const size_t before = problems_.size();
+    (*this)(key, names, help);
+    if (problems_.size() != before) return;
+    const std::vector<std::string> unknown = kernels::fused_ops_choice_problems(names);
+    for (const std::string& p : unknown) problems_.push_back(label_ + ": " + p);
+    if (unknown.empty()) field = kernels::parse_fused_ops_choice(names);
   }
   void operator()(const char* key, int64_t& field, const char*) {
     if (auto* node = take(key)) parse_int(key, *node, field);
@@ -206,12 +229,14 @@ class FieldParser {
     values_.erase(it);
     return &taken_;
   }
-  bool parse_int(const char* key, const YAML::Node& node, int64_t& out) {
+  // The whole scalar through `convert` (std::stoll / std::stod), else a problem "KEY must be WHAT, got ...".
+  template <class T, class Convert>
+  bool parse_scalar(const char* key, const YAML::Node& node, T& out, const char* what, Convert convert) {
     if (node.IsScalar()) {
       const std::string& text = node.Scalar();
       try {
         size_t used = 0;
-        long long value = std::stoll(text, &used, 10);
+        const T value = convert(text, &used);
         if (used == text.size()) {
           out = value;
           return true;
@@ -219,24 +244,15 @@ class FieldParser {
       } catch (const std::exception&) {
       }
     }
-    problem(key, "must be an integer, got " + describe(node));
+    problem(key, std::string("must be ") + what + ", got " + describe(node));
     return false;
   }
+  bool parse_int(const char* key, const YAML::Node& node, int64_t& out) {
+    return parse_scalar(key, node, out, "an integer",
+                        [](const std::string& t, size_t* used) { return static_cast<int64_t>(std::stoll(t, used, 10)); });
+  }
   bool parse_number(const char* key, const YAML::Node& node, double& out) {
-    if (node.IsScalar()) {
-      const std::string& text = node.Scalar();
-      try {
-        size_t used = 0;
-        double value = std::stod(text, &used);
-        if (used == text.size()) {
-          out = value;
-          return true;
-        }
-      } catch (const std::exception&) {
-      }
-    }
-    problem(key, "must be a number, got " + describe(node));
-    return false;
+    return parse_scalar(key, node, out, "a number", [](const std::string& t, size_t* used) { return std::stod(t, used); });
   }
 
   std::map<std::string, YAML::Node> values_;
@@ -268,35 +284,11 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   auto check = [&](bool ok, const std::string& message) {
     if (!ok) problems.push_back(label + ": " + message);
   };
-  auto one_of = [&](const std::string& key, const std::string& value, std::initializer_list<const char*> allowed) {
-    std::string list;
-    for (const char* a : allowed) {
-      if (value == a) return;
-      list += (list.empty() ? "" : "|") + std::string(a);
-    }
-    problems.push_back(label + ": " + key + " '" + value + "' is not one of " + list);
-  };
+  // Names of the choices (enums) were checked as they were parsed; here: the rules between keys.
   check(!c.model.path.empty(), "model.path is required");
-  check(!c.data.train.empty(), "data.train is required");
-  one_of("model.dtype", c.model.dtype, {"auto", "float32", "bfloat16", "float16"});
-  one_of("model.attention", c.model.attention, {"auto", "fused", "sdpa", "eager"});
-  for (const std::string& op : c.model.fused_ops) {
-    const bool single = c.model.fused_ops.size() == 1 && (op == "auto" || op == "none");
-    check(single || op == "rmsnorm" || op == "rope" || op == "swiglu" || op == "linear_ce",
-          "model.fused_ops: unknown op '" + op + "' (auto, none, or a list of rmsnorm, rope, swiglu, linear_ce)");
-  }
-  one_of("data.format", c.data.format, {"auto", "alpaca", "prompt_response", "messages", "sharegpt", "tokenized"});
-  one_of("data.template", c.data.chat_template, {"auto", "chatml", "llama2", "llama3", "mistral", "alpaca", "plain"});
-  one_of("data.truncation", c.data.truncation, {"right", "drop"});
-  one_of("finetune.method", c.finetune.method, {"lora", "freeze", "full"});
-  one_of("train.scheduler", c.train.scheduler, {"cosine", "linear", "constant"});
-  one_of("train.device", c.train.device, {"auto", "cpu", "cuda"});
-  one_of("train.mixed_precision", c.train.mixed_precision, {"auto", "none", "bf16"});
-  check(c.train.mixed_precision != "bf16" || c.model.dtype != "float16",
+  for (const std::string& problem : data::data_option_problems(c.data)) problems.push_back(label + ": " + problem);
+  check(c.train.mixed_precision != MixedPrecision::kBf16 || c.model.dtype != model::DtypeChoice::kFloat16,
         "train.mixed_precision bf16 needs model.dtype auto, bfloat16 or float32 (not float16)");
-  check(c.data.eval_ratio >= 0 && c.data.eval_ratio < 1, "data.eval_ratio must be in [0, 1)");
-  check(c.data.max_seq_len >= 2, "data.max_seq_len must be >= 2");
-  check(c.data.max_invalid >= 0, "data.max_invalid must be >= 0");
   const LoraOptions& lora = c.finetune.lora;
   check(lora.r > 0, "finetune.lora.r must be > 0");
   check(lora.alpha > 0, "finetune.lora.alpha must be > 0");
@@ -309,12 +301,11 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   }
   check(!lora.lr_ratio || *lora.lr_ratio > 0,
         "finetune.lora.lr_ratio must be > 0 (or null for no LoRA+), got " + std::to_string(lora.lr_ratio.value_or(0)));
-  one_of("finetune.lora.init", lora.init, {"default", "gaussian", "pissa", "olora"});
-  check(!(lora.dora && (lora.init == "pissa" || lora.init == "olora")),
-        "finetune.lora.dora with finetune.lora.init " + lora.init +
+  check(!(lora.dora && (lora.init == LoraInit::kPissa || lora.init == LoraInit::kOlora)),
+        "finetune.lora.dora with finetune.lora.init " + std::string(enum_name(lora.init)) +
             " is not implemented (the magnitude would be taken over the residual weight)");
-  check(!(lora.init_from && lora.init != "default"),
-        "finetune.lora.init " + lora.init + " cannot be combined with finetune.lora.init_from (the adapter is loaded)");
+  check(!(lora.init_from && lora.init != LoraInit::kDefault),
+        "finetune.lora.init " + std::string(enum_name(lora.init)) + " cannot be combined with finetune.lora.init_from (the adapter is loaded)");
   const FreezeOptions& freeze = c.finetune.freeze;
   check(!freeze.trainable_layers.count || *freeze.trainable_layers.count != 0,
         "finetune.freeze.trainable_layers must not be 0");
@@ -348,7 +339,6 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   check(c.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1");
   check(c.log.every_steps >= 1, "log.every_steps must be >= 1");
   check(!c.resume.empty(), "resume must be auto, never or a path");
-  one_of("dist.backend", c.dist.backend, {"auto", "gloo", "nccl"});
   check(c.dist.timeout_s > 0, "dist.timeout_s must be > 0");
   check(c.dist.bucket_mb > 0, "dist.bucket_mb must be > 0");
 }
@@ -373,6 +363,11 @@ class FieldEmitter {
     return node[parts.back()];
   }
   static YAML::Node to_node(const std::string& v) { return YAML::Node(v); }
+  template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+  static YAML::Node to_node(E v) {
+    return YAML::Node(std::string(enum_name(v)));
+  }
+  static YAML::Node to_node(const kernels::FusedOpsChoice& v) { return to_node(kernels::fused_ops_choice_names(v)); }
   static YAML::Node to_node(const std::optional<std::string>& v) { return v ? YAML::Node(*v) : YAML::Node(YAML::NodeType::Null); }
   static YAML::Node to_node(const std::optional<double>& v) { return v ? YAML::Node(*v) : YAML::Node(YAML::NodeType::Null); }
   static YAML::Node to_node(int64_t v) { return YAML::Node(v); }
@@ -402,8 +397,21 @@ class FieldDescriber {
     value << YAML::Flow << one.root["value"];
     const std::string name = key;
     out << "  " << name << std::string(name.size() < 36 ? 36 - name.size() : 1, ' ') << "default " << value.c_str()
-        << "\n      " << help << "\n";
+        << "\n      " << allowed(field) << help << "\n";
   }
+
+ private:
+  // A choice's allowed names, from its one list (common/enum_names.h).
+  template <class T>
+  static std::string allowed(const T&) {
+    if constexpr (std::is_enum_v<T>) return enum_names_joined<T>() + ": ";
+    return "";
+  }
+  static std::string allowed(const kernels::FusedOpsChoice&) {
+    return "auto | none | a list of " + enum_names_joined<kernels::FusedOp>(", ") + ": ";
+  }
+
+ public:
   std::ostringstream out;
 };
 

@@ -1,21 +1,34 @@
 // trainer/config.h: the one typed run configuration, with every default in code. A single field list
 // (config.cpp) drives YAML parsing, dotted overrides, the resolved config.yaml we save, and `sft help`.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/enum_names.h"
 #include "data/data_options.h"
+#include "kernels/choices.h"
+#include "model/choices.h"
+#include "trainer/schedule.h"
 
 namespace sft {
 
+// The trainer's config choices; each has its one list of names (EnumNames, below).
+enum class FinetuneMethod { kLora, kFreeze, kFull };
+enum class LoraInit { kDefault, kGaussian, kPissa, kOlora };  // PEFT init_lora_weights
+enum class DeviceChoice { kAuto, kCpu, kCuda };
+enum class MixedPrecision { kAuto, kNone, kBf16 };  // auto: bf16 on CUDA, none on CPU
+enum class DistBackend { kAuto, kGloo, kNccl };     // auto: NCCL on CUDA, Gloo on CPU
+
 struct ModelOptions {
   std::string path;                    // HF model dir (required)
-  std::string dtype = "auto";          // auto|float32|bfloat16|float16
-  std::string attention = "auto";      // auto|fused|sdpa|eager
-  std::vector<std::string> fused_ops{"auto"};  // auto | none | list of rmsnorm, rope, swiglu, linear_ce
+  model::DtypeChoice dtype = model::DtypeChoice::kAuto;
+  kernels::AttentionImpl attention = kernels::AttentionImpl::Auto;  // a config name only (kernels/choices.h)
+  kernels::FusedOpsChoice fused_ops;   // auto | none | list of rmsnorm, rope, swiglu, linear_ce
   bool gradient_checkpointing = false;
   bool deterministic_attention = false;  // fused attention's deterministic backward (kernels/README.md)
 };
@@ -29,7 +42,7 @@ struct LoraOptions {
   std::optional<std::string> init_from;  // an existing PEFT adapter directory to start from
   bool dora = false;                     // weight-decomposed LoRA (PEFT use_dora)
   std::optional<double> lr_ratio;        // LoRA+: lr of B (and DoRA magnitudes) = lr * ratio; none = off
-  std::string init = "default";          // default|gaussian|pissa|olora (PEFT init_lora_weights)
+  LoraInit init = LoraInit::kDefault;
 };
 
 // freeze.trainable_layers: N > 0 the last N layers, N < 0 the first |N|, or an explicit list of indices.
@@ -45,7 +58,7 @@ struct FreezeOptions {
 };
 
 struct FinetuneOptions {
-  std::string method = "lora";  // lora|freeze|full
+  FinetuneMethod method = FinetuneMethod::kLora;
   LoraOptions lora;
   FreezeOptions freeze;
 };
@@ -57,7 +70,7 @@ struct TrainOptions {
   int64_t micro_batch_size = 4;
   int64_t grad_accum = 1;
   double lr = 2.0e-4;
-  std::string scheduler = "cosine";  // cosine|linear|constant
+  Scheduler scheduler = Scheduler::kCosine;
   int64_t warmup_steps = 0;
   double warmup_ratio = 0.0;         // used when warmup_steps is 0
   double min_lr_ratio = 0.0;
@@ -65,8 +78,8 @@ struct TrainOptions {
   std::vector<double> adam_betas{0.9, 0.999};
   double adam_eps = 1.0e-8;
   double max_grad_norm = 1.0;        // <= 0 disables clipping
-  std::string device = "auto";       // auto|cpu|cuda
-  std::string mixed_precision = "auto";  // auto|none|bf16 (auto: bf16 on CUDA, none on CPU)
+  DeviceChoice device = DeviceChoice::kAuto;
+  MixedPrecision mixed_precision = MixedPrecision::kAuto;
   int64_t threads = 0;
 };
 
@@ -84,7 +97,7 @@ struct CheckpointOptions {
 
 // Multi-process data parallelism (torchrun / sft launch; trainer/process_group.h).
 struct DistOptions {
-  std::string backend = "auto";  // auto|gloo|nccl (auto: NCCL on CUDA, Gloo on CPU)
+  DistBackend backend = DistBackend::kAuto;
   double timeout_s = 300;        // every collective and store wait; a dead or hung rank fails the job after this
   double bucket_mb = 25;         // gradient allreduce bucket size (trainer/grad_sync.h)
   // Build the c10d process group and run every collective even in a world of one (no torchrun, or
@@ -123,5 +136,33 @@ std::string config_to_yaml(const Config& config);
 
 // `sft help config`: every key with its default and meaning.
 std::string config_reference();
+
+template <>
+struct EnumNames<FinetuneMethod> {
+  static constexpr std::array<std::pair<FinetuneMethod, const char*>, 3> entries{
+      {{FinetuneMethod::kLora, "lora"}, {FinetuneMethod::kFreeze, "freeze"}, {FinetuneMethod::kFull, "full"}}};
+};
+template <>
+struct EnumNames<LoraInit> {
+  static constexpr std::array<std::pair<LoraInit, const char*>, 4> entries{{{LoraInit::kDefault, "default"},
+                                                                            {LoraInit::kGaussian, "gaussian"},
+                                                                            {LoraInit::kPissa, "pissa"},
+                                                                            {LoraInit::kOlora, "olora"}}};
+};
+template <>
+struct EnumNames<DeviceChoice> {
+  static constexpr std::array<std::pair<DeviceChoice, const char*>, 3> entries{
+      {{DeviceChoice::kAuto, "auto"}, {DeviceChoice::kCpu, "cpu"}, {DeviceChoice::kCuda, "cuda"}}};
+};
+template <>
+struct EnumNames<MixedPrecision> {
+  static constexpr std::array<std::pair<MixedPrecision, const char*>, 3> entries{
+      {{MixedPrecision::kAuto, "auto"}, {MixedPrecision::kNone, "none"}, {MixedPrecision::kBf16, "bf16"}}};
+};
+template <>
+struct EnumNames<DistBackend> {
+  static constexpr std::array<std::pair<DistBackend, const char*>, 3> entries{
+      {{DistBackend::kAuto, "auto"}, {DistBackend::kGloo, "gloo"}, {DistBackend::kNccl, "nccl"}}};
+};
 
 }  // namespace sft

@@ -71,7 +71,7 @@ model::CausalLM load_scored_model(const Config& config, const Runtime& runtime, 
     transform.finetune = run.finetune;
     apply_finetune_method(lm, transform);
     load_checkpoint_weights(lm, *dir);  // verifies the manifest's hashes first
-    described = "checkpoint " + dir->string() + " (" + run.finetune.method + ") on " + config.model.path;
+    described = "checkpoint " + dir->string() + " (" + enum_name(run.finetune.method) + ") on " + config.model.path;
     return lm;
   }
   if (dir && fs::exists(*dir / "config.json") && !fs::exists(*dir / "adapter_config.json")) {
@@ -113,7 +113,7 @@ int command_eval(const std::vector<std::string>& args) {
   model::CausalLM lm = load_scored_model(config, runtime, cli, described);
   // The same op choice as training (model.fused_ops), so a run's last eval.jsonl line equals `sft eval`
   // of its adapter, checkpoint or exported model to the last digit, whichever path loaded it.
-  lm->set_fused_ops(kernels::parse_fused_ops(config.model.fused_ops, runtime.device.type()));
+  lm->set_fused_ops(kernels::resolve_fused_ops(config.model.fused_ops, runtime.device.type()));
 
   const fs::path out_dir = cli.value("--out") ? fs::path(*cli.value("--out")) : fs::path(config.output_dir) / "eval";
   fs::create_directories(out_dir);
@@ -134,7 +134,7 @@ int command_eval(const std::vector<std::string>& args) {
   });
   nlohmann::json summary = result.to_json();
   summary["model"] = described;
-  std::ofstream(out_dir / "summary.json") << summary.dump(2) << "\n";
+  write_text_file(out_dir / "summary.json", summary.dump(2) + "\n");
   std::cout << summary.dump(2) << "\n";
   return 0;
 }
@@ -150,7 +150,7 @@ int command_data(const std::vector<std::string>& args) {
   const data::PreparedData data = load_run_data(config, tokenizer.get(), model_config.vocab_size);
   fs::create_directories(config.output_dir);
   const std::string report = data.report.to_json().dump(2);
-  std::ofstream(fs::path(config.output_dir) / "data_report.json") << report << "\n";
+  write_text_file(fs::path(config.output_dir) / "data_report.json", report + "\n");
   std::cout << report << "\n";
   if (auto out = cli.value("--out")) data::write_examples_jsonl(*out, data.train);
   const int64_t show = cli.integer("--show", 0);

@@ -10,7 +10,9 @@
 #include <set>
 
 #include "common/errors.h"
+#include "common/text_file.h"
 #include "model/lora_init.h"
+#include "model/named_tensors.h"
 #include "model/safetensors.h"
 
 namespace sft {
@@ -67,11 +69,7 @@ void save_peft_adapter(model::CausalLM& lm, const model::LoraSpec& spec, const s
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   model::write_safetensors(tmp / "adapter_model.safetensors", tensors, {{"format", "pt"}});
-  {
-    std::ofstream out(tmp / "adapter_config.json");
-    out << config.dump(2) << "\n";
-    if (!out.flush()) throw std::runtime_error("cannot write " + (tmp / "adapter_config.json").string());
-  }
+  write_text_file(tmp / "adapter_config.json", config.dump(2) + "\n");
   fs::remove_all(out_dir);
   fs::rename(tmp, out_dir);
 }
@@ -113,8 +111,7 @@ model::LoraSpec load_peft_adapter(model::CausalLM& lm, const fs::path& dir) {
   const fs::path file_path = dir / "adapter_model.safetensors";
   if (!fs::exists(file_path)) throw InputError(file_path.string() + ": missing (adapter weights)");
   auto file = model::SafetensorsFile::open(file_path);
-  std::set<std::string> used;
-  torch::NoGradGuard no_grad;
+  std::vector<model::TensorSlot> slots;
   for (const auto& [path, lora] : model::lora_modules(lm)) {
     if (lora->is_dora() != spec.dora) {
       throw InputError((dir / "adapter_config.json").string() + ": use_dora is " + (spec.dora ? "true" : "false") +
@@ -134,22 +131,14 @@ model::LoraSpec load_peft_adapter(model::CausalLM& lm, const fs::path& dir) {
             kPeftPrefix + path + (magnitude ? suffix + ".default.weight" : std::string(suffix).insert(suffix.rfind('.'), ".default"));
         if (file->find(with_default)) name = with_default;
       }
-      const model::StTensorInfo* info = file->find(name);
-      if (!info) throw InputError(file_path.string() + ": missing tensor '" + name + "'");
-      if (info->shape != param.sizes().vec()) {
-        throw InputError(file_path.string() + ": tensor '" + name + "' has shape " + c10::str(c10::IntArrayRef(info->shape)) +
-                         " but the model expects " + c10::str(param.sizes()) + " (adapter made for another base model?)");
-      }
-      param.copy_(file->load(name, param.scalar_type()));
-      used.insert(name);
+      slots.push_back({name, param});
     }
   }
-  for (const model::StTensorInfo& info : file->header().tensors) {
-    if (!used.count(info.name)) {
-      throw InputError(file_path.string() + ": tensor '" + info.name +
-                       "' matches no adapted module of this model (different target modules or layers?)");
-    }
-  }
+  model::TensorMatchRules rules;
+  rules.heading = "does not match the model's adapters";
+  rules.shape_hint = "(adapter made for another base model?)";
+  rules.unexpected_hint = "(matches no adapted module of this model: different target modules or layers?)";
+  model::load_named_tensors(model::NamedTensorSource::of(*file), slots, rules);
   return spec;
 }
 

@@ -10,12 +10,14 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/errors.h"
+#include "common/text_file.h"
 #include "model/generate.h"
 #include "model/weights.h"
 #include "trainer/cli.h"
@@ -132,9 +134,7 @@ struct Timing {
   }
 };
 
-void write_line(std::ostream& out, const json& line) {
-  out << line.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
-}
+std::string jsonl_line(const json& line) { return line.dump(-1, ' ', false, json::error_handler_t::replace) + "\n"; }
 
 }  // namespace
 
@@ -289,10 +289,13 @@ int command_generate(const std::vector<std::string>& args) {
   if (!cli.has("--ignore-eos")) options.stop_ids = model::default_stop_ids(lm->config(), tokenizer.get());
   const int64_t vocab = lm->config().vocab_size;
 
-  std::unique_ptr<std::ofstream> out_file;
+  std::optional<TextFileWriter> out_file;
   if (auto out = cli.value("--out")) {
-    out_file = std::make_unique<std::ofstream>(*out);
-    if (!*out_file) throw InputError("--out: cannot write " + *out);
+    try {
+      out_file.emplace(*out);
+    } catch (const std::runtime_error& e) {
+      throw InputError(std::string("--out: ") + e.what());
+    }
   }
 
   if (auto text = cli.value("--prompt-ids")) {
@@ -310,7 +313,8 @@ int command_generate(const std::vector<std::string>& args) {
     if (out_file) {
       json line = {{"prompt_ids", prompt}, {"output_ids", ids}};
       if (tokenizer) line["output"] = tokenizer->decode(answer_ids(ids, options));
-      write_line(*out_file, line);
+      out_file->write(jsonl_line(line));
+      out_file->close();
     }
     return 0;
   }
@@ -333,16 +337,16 @@ int command_generate(const std::vector<std::string>& args) {
     std::cout << std::endl;
     std::cerr << timing.summary(static_cast<int64_t>(prompt.size())) << std::endl;
     if (out_file) {
-      write_line(*out_file, {{"prompt", *prompt_text},
-                             {"output", tokenizer->decode(answer_ids(ids, options))},
-                             {"output_ids", ids}});
+      out_file->write(jsonl_line({{"prompt", *prompt_text},
+                                  {"output", tokenizer->decode(answer_ids(ids, options))},
+                                  {"output_ids", ids}}));
+      out_file->close();
     }
     return 0;
   }
 
   const fs::path input_path = *cli.value("--input");
   const std::vector<GenerationInput> inputs = read_generation_inputs(input_path);
-  std::ostream& out = out_file ? static_cast<std::ostream&>(*out_file) : std::cout;
   int64_t prompt_tokens = 0, new_tokens = 0;
   const auto start = std::chrono::steady_clock::now();
   for (const GenerationInput& input : inputs) {
@@ -354,9 +358,14 @@ int command_generate(const std::vector<std::string>& args) {
                  {"output", tokenizer->decode(answer_ids(ids, options))},
                  {"output_ids", ids}};
     if (input.reference) line["reference"] = *input.reference;
-    write_line(out, line);
-    out.flush();
+    if (out_file) {
+      out_file->write(jsonl_line(line));
+      out_file->flush();
+    } else {
+      std::cout << jsonl_line(line) << std::flush;
+    }
   }
+  if (out_file) out_file->close();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cerr << "[generate] " << inputs.size() << " prompts (" << prompt_tokens << " prompt tokens), " << new_tokens
             << " new tokens in " << std::fixed << std::setprecision(2) << seconds << " s" << std::endl;

@@ -8,14 +8,12 @@
 namespace sft {
 
 JsonlWriter::JsonlWriter(const std::filesystem::path& path, bool append)
-    : path_(path), out_(path, append ? std::ios::app : std::ios::trunc) {
-  if (!out_) throw std::runtime_error("cannot open " + path.string() + " for writing");
-}
+    : out_(std::in_place, path, append ? TextFileWriter::Mode::kAppend : TextFileWriter::Mode::kTruncate) {}
 
 void JsonlWriter::write(const nlohmann::json& line) {
-  out_ << line.dump() << "\n";
-  out_.flush();
-  if (!out_) throw std::runtime_error("cannot write " + path_.string() + " (disk full?)");
+  if (!out_) throw std::logic_error("JsonlWriter: write on a writer that was never opened");
+  out_->write(line.dump() + "\n");
+  out_->flush();
 }
 
 ProgressDisplay::ProgressDisplay(int64_t total_steps, bool enabled)

@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+
+#include "common/text_file.h"
 
 namespace sft {
 
@@ -18,8 +20,7 @@ class JsonlWriter {
   void write(const nlohmann::json& line);
 
  private:
-  std::filesystem::path path_;
-  std::ofstream out_;
+  std::optional<TextFileWriter> out_;
 };
 
 class ProgressDisplay {

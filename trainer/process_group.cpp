@@ -88,12 +88,12 @@ DistEnv read_dist_env(const std::function<const char*(const char*)>& getenv) {
 }
 
 std::string resolve_backend(const DistOptions& options, const at::Device& device) {
-  if (options.backend == "gloo") return "gloo";
-  if (options.backend == "nccl" && !device.is_cuda()) {
+  if (options.backend == DistBackend::kGloo) return "gloo";
+  if (options.backend == DistBackend::kNccl && !device.is_cuda()) {
     throw InputError("dist.backend: nccl needs CUDA devices, but this run trains on " + device.str() +
                      " (use dist.backend: gloo or auto on CPU)");
   }
-  if (options.backend == "nccl" || (options.backend == "auto" && device.is_cuda())) {
+  if (options.backend == DistBackend::kNccl || (options.backend == DistBackend::kAuto && device.is_cuda())) {
 #ifdef SFT_WITH_CUDA
     return "nccl";
 #else

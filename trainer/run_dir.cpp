@@ -47,12 +47,6 @@ std::optional<fs::path> prepare_output_dir(const Config& config, bool force) {
   return checkpoint;
 }
 
-void write_text_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  if (!out.flush()) throw std::runtime_error("cannot write " + path.string());
-}
-
 void truncate_jsonl_after(const fs::path& path, int64_t step) {
   if (!fs::exists(path)) return;
   std::ifstream in(path);

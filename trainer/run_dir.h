@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "common/text_file.h"  // write_text_file
 #include "trainer/config.h"
 
 namespace sft {
@@ -19,7 +20,6 @@ namespace sft {
 // Returns the checkpoint to resume from, if any. Throws sft::InputError for a refused run.
 std::optional<std::filesystem::path> prepare_output_dir(const Config& config, bool force);
 
-void write_text_file(const std::filesystem::path& path, const std::string& text);
 
 // Keeps the lines of a JSONL log whose "step" is <= `step` (a resumed run rewrites what came after).
 void truncate_jsonl_after(const std::filesystem::path& path, int64_t step);

@@ -26,7 +26,7 @@ kernels::AttentionResolveOptions attention_resolve_options(const Config& config,
   options.deterministic = config.model.deterministic_attention;
   options.dtype = runtime.autocast_dtype.value_or(runtime.dtype);
   options.max_seqlen = config.data.max_seq_len;
-  if (runtime.device.is_cuda() && config.model.attention == "auto") {
+  if (runtime.device.is_cuda() && config.model.attention == kernels::AttentionImpl::Auto) {
     const model::ModelConfig shape = model::load_model_config(config.model.path);
     options.num_heads = shape.num_attention_heads;
     options.num_kv_heads = shape.num_key_value_heads;
@@ -39,33 +39,33 @@ kernels::AttentionResolveOptions attention_resolve_options(const Config& config,
 Runtime resolve_runtime(const Config& config, int64_t cuda_index) {
   Runtime runtime;
   const bool cuda_available = torch::cuda::is_available();
-  if (config.train.device == "cuda") {
+  if (config.train.device == DeviceChoice::kCuda) {
     if (!cuda_available) throw InputError("train.device: cuda was requested but no CUDA device is available");
     runtime.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index));
-  } else if (config.train.device == "auto" && cuda_available) {
+  } else if (config.train.device == DeviceChoice::kAuto && cuda_available) {
     runtime.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index));
   }
   runtime.autocast_dtype = resolve_mixed_precision(config, runtime.device);
-  if (config.model.dtype != "auto") {
-    runtime.dtype = model::parse_dtype(config.model.dtype, "model.dtype");
+  if (const std::optional<at::ScalarType> dtype = model::scalar_type_of(config.model.dtype)) {
+    runtime.dtype = *dtype;
   } else if (runtime.autocast_dtype) {
     runtime.dtype = *runtime.autocast_dtype;
   } else {
     runtime.dtype = runtime.device.is_cuda() ? at::kBFloat16 : at::kFloat;
   }
   runtime.gradient_checkpointing = config.model.gradient_checkpointing;
-  runtime.attention = kernels::resolve_attention_impl(kernels::parse_attention_impl(config.model.attention),
+  runtime.attention = kernels::resolve_attention_impl(config.model.attention,
                                                      runtime.device, attention_resolve_options(config, runtime));
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
   return runtime;
 }
 
 std::optional<at::ScalarType> resolve_mixed_precision(const Config& config, const at::Device& device) {
-  const std::string& mode = config.train.mixed_precision;
-  if (mode == "bf16") return at::kBFloat16;
+  const MixedPrecision mode = config.train.mixed_precision;
+  if (mode == MixedPrecision::kBf16) return at::kBFloat16;
   // auto: bf16 on CUDA, where it is the norm, unless model.dtype asks for float32 or float16 compute.
-  const bool bf16_model = config.model.dtype == "auto" || config.model.dtype == "bfloat16";
-  if (mode == "auto" && device.is_cuda() && bf16_model) return at::kBFloat16;
+  const bool bf16_model = config.model.dtype == model::DtypeChoice::kAuto || config.model.dtype == model::DtypeChoice::kBFloat16;
+  if (mode == MixedPrecision::kAuto && device.is_cuda() && bf16_model) return at::kBFloat16;
   return std::nullopt;
 }
 
@@ -79,13 +79,13 @@ std::unique_ptr<data::Tokenizer> load_run_tokenizer(const Config& config) {
 
 data::PreparedData load_run_data(const Config& config, const data::Tokenizer* tokenizer, int64_t model_vocab_size) {
   const uint64_t seed = static_cast<uint64_t>(config.train.seed);
-  if (config.data.format == "tokenized") return data::prepare_tokenized_data(config.data, seed, model_vocab_size);
+  if (config.data.format == data::Format::kTokenized) return data::prepare_tokenized_data(config.data, seed, model_vocab_size);
   if (!tokenizer) throw std::logic_error("load_run_data: a tokenizer is required for text formats");
   return data::prepare_data(config.data, *tokenizer, seed, model_vocab_size, tokenizer_dir(config));
 }
 
 std::unique_ptr<data::Tokenizer> load_tokenizer_if_needed(const Config& config) {
-  if (config.data.format == "tokenized") return nullptr;
+  if (config.data.format == data::Format::kTokenized) return nullptr;
   return load_run_tokenizer(config);
 }
 
@@ -95,7 +95,7 @@ int32_t run_pad_id(const data::Tokenizer* tokenizer) {
 
 model::LoraSpec lora_spec_from(const Config& config) {
   const LoraOptions& o = config.finetune.lora;
-  return model::LoraSpec{o.r, o.alpha, o.dropout, o.rslora, o.targets, o.dora, o.init};
+  return model::LoraSpec{o.r, o.alpha, o.dropout, o.rslora, o.targets, o.dora, enum_name(o.init)};
 }
 
 model::FreezeSpec freeze_spec_from(const Config& config) {
@@ -121,9 +121,9 @@ TrainableSummary count_parameters(model::CausalLM& lm) {
 
 TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config) {
   // model.fused_ops first: the op choice is part of the model the method transforms (auto depends on the device).
-  lm->set_fused_ops(kernels::parse_fused_ops(config.model.fused_ops, lm->output_weight().device().type()));
-  const std::string& method = config.finetune.method;
-  if (method == "lora") {
+  lm->set_fused_ops(kernels::resolve_fused_ops(config.model.fused_ops, lm->output_weight().device().type()));
+  const FinetuneMethod method = config.finetune.method;
+  if (method == FinetuneMethod::kLora) {
     model::LoraSpec spec = lora_spec_from(config);
     model::apply_lora(lm, spec);
     if (config.finetune.lora.init_from) {
@@ -133,7 +133,7 @@ TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config
                          " differs from finetune.lora.r " + std::to_string(spec.rank));
       }
     }
-  } else if (method == "freeze") {
+  } else if (method == FinetuneMethod::kFreeze) {
     model::apply_freeze(lm, freeze_spec_from(config));
   } else {
     for (auto& p : lm->parameters()) p.set_requires_grad(true);
@@ -141,7 +141,7 @@ TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config
   // fp32 master weights: LoRA adapters always, whatever the base dtype; with mixed precision every trainable
   // parameter (as LLaMA-Factory upcasts them). Frozen parameters keep the compute dtype.
   const at::Device device = lm->parameters().front().device();
-  if (method == "lora" || resolve_mixed_precision(config, device)) {
+  if (method == FinetuneMethod::kLora || resolve_mixed_precision(config, device)) {
     torch::NoGradGuard no_grad;
     for (auto& p : lm->parameters()) {
       if (p.requires_grad()) p.set_data(p.to(at::kFloat));

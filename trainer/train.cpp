@@ -28,6 +28,7 @@
 #include "common/errors.h"
 #include "data/loader.h"
 #include "data/pipeline.h"
+#include "model/named_tensors.h"
 #include "model/weights.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
@@ -68,6 +69,7 @@ struct TrainContext {
   int64_t micro_batches_done = 0;   // global
   nlohmann::json fingerprint;     // what this run is made from (trainer/checkpoint.h)
   int64_t last_saved_step = -1;   // newest checkpoint on disk, so the end of training does not save twice
+  CheckpointWriteOptions checkpoint_write;  // tests only: --test-fail-checkpoint-write-after-bytes
   double elapsed_before_s = 0;    // training time of earlier attempts (a resumed run continues the clock)
   // The metrics window: steps since the last metrics.jsonl line. Saved in checkpoints so a resumed run
   // logs the same averages as an uninterrupted one. Tokens are global (all ranks).
@@ -228,7 +230,7 @@ void plan_steps(TrainContext& ctx) {
 }
 
 void export_final(TrainContext& ctx, const fs::path& out_dir) {
-  if (ctx.config.finetune.method == "lora") {
+  if (ctx.config.finetune.method == FinetuneMethod::kLora) {
     save_peft_adapter(ctx.model, lora_spec_from(ctx.config), ctx.config.model.path, out_dir / "adapter");
   } else {
     const fs::path model_dir = out_dir / "model";
@@ -262,7 +264,7 @@ TrainerState trainer_state(const TrainContext& ctx, double elapsed) {
   s.window_tokens = ctx.window_tokens;
   s.window_targets = ctx.window_targets;
   s.elapsed_s = elapsed;
-  s.finetune_method = ctx.config.finetune.method;
+  s.finetune_method = enum_name(ctx.config.finetune.method);
   s.config_yaml = config_to_yaml(ctx.config);
   s.fingerprint = ctx.fingerprint;
   return s;
@@ -285,7 +287,7 @@ void save_checkpoint(TrainContext& ctx, const fs::path& out_dir, double elapsed)
   }
   fs::path dir;
   if (!group.distributed()) {
-    dir = write_checkpoint(checkpoints, contents);
+    dir = write_checkpoint(checkpoints, contents, ctx.checkpoint_write);
   } else {
     const std::string step = std::to_string(ctx.step);
     const fs::path tmp = decide_on_main(group, "checkpoint-begin/" + step,
@@ -293,7 +295,7 @@ void save_checkpoint(TrainContext& ctx, const fs::path& out_dir, double elapsed)
     if (!group.is_main()) write_rank_state(tmp, group.rank(), {{"rank", group.rank()}, {"rng", capture_rng_state()}});
     group.barrier();
     const std::string committed =
-        decide_on_main(group, "checkpoint-commit/" + step, [&] { return commit_checkpoint(checkpoints, tmp, contents).string(); });
+        decide_on_main(group, "checkpoint-commit/" + step, [&] { return commit_checkpoint(checkpoints, tmp, contents, ctx.checkpoint_write).string(); });
     dir = committed;
   }
   ctx.last_saved_step = ctx.step;
@@ -326,33 +328,21 @@ void resume_from_checkpoint(TrainContext& ctx, const fs::path& dir, bool ignore_
                 << text << "\n";
     }
   }
-  if (!state.finetune_method.empty() && state.finetune_method != ctx.config.finetune.method) {
+  if (!state.finetune_method.empty() && state.finetune_method != enum_name(ctx.config.finetune.method)) {
     throw InputError(state_label + ": saved by a finetune.method " + state.finetune_method +
-                     " run, but finetune.method is now " + ctx.config.finetune.method);
+                     " run, but finetune.method is now " + enum_name(ctx.config.finetune.method));
   }
   check_global_batch(state, ctx.config.train.micro_batch_size, ctx.config.train.grad_accum, ctx.group->world_size(),
                      state_label, allow_batch_change);
 
   // Trainable weights: exactly our trainable parameters, by name and shape.
-  const std::string weights_label = (dir / kCheckpointWeights).string();
-  std::map<std::string, at::Tensor> saved(ckpt.weights.begin(), ckpt.weights.end());
-  {
-    torch::NoGradGuard no_grad;
-    for (const NamedParameter& p : ctx.params) {
-      auto it = saved.find(p.name);
-      if (it == saved.end()) throw InputError(weights_label + ": missing tensor '" + p.name + "'");
-      if (it->second.sizes() != p.tensor.sizes()) {
-        throw InputError(weights_label + ": tensor '" + p.name + "' has shape " + c10::str(it->second.sizes()) +
-                         " but the model expects " + c10::str(p.tensor.sizes()));
-      }
-      p.tensor.copy_(it->second);
-      saved.erase(it);
-    }
-  }
-  if (!saved.empty()) {
-    throw InputError(weights_label + ": tensor '" + saved.begin()->first +
-                     "' is not a trainable parameter of this run (different LoRA targets or freeze settings?)");
-  }
+  std::vector<model::TensorSlot> slots;
+  for (const NamedParameter& p : ctx.params) slots.push_back({p.name, p.tensor});
+  model::TensorMatchRules rules;
+  rules.heading = "does not match this run's trainable parameters";
+  rules.unexpected_hint = "(different LoRA targets or freeze settings?)";
+  model::load_named_tensors(model::NamedTensorSource::of(ckpt.weights, (dir / kCheckpointWeights).string()), slots,
+                            rules);
   ctx.optimizer->load_state(ckpt.optimizer, (dir / optimizer_shard_name(0)).string());
 
   // Step counters, global sampler position, schedule position, metrics window.
@@ -404,6 +394,9 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
   const int64_t stop_after = cli.integer("--stop-after-steps", -1);
   const auto [fail_rank, fail_step] = parse_fail_at(cli.value("--fail-at-step"));
   TrainContext ctx;
+  if (cli.value("--test-fail-checkpoint-write-after-bytes")) {
+    ctx.checkpoint_write.fail_after_bytes = cli.integer("--test-fail-checkpoint-write-after-bytes", -1);
+  }
   ctx.config = load_config(cli.positional()[0], cli.overrides());
   ctx.runtime = resolve_runtime(ctx.config, env.distributed() ? env.local_rank : 0);
   const bool group_wanted = env.distributed() || ctx.config.dist.force_process_group;
@@ -467,7 +460,7 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
 
   if (main) {
     std::cerr << "sft train: " << ctx.config.model.path << " (" << model_config.model_type << "), method "
-              << ctx.config.finetune.method << ", " << summary.describe() << "\n"
+              << enum_name(ctx.config.finetune.method) << ", " << summary.describe() << "\n"
               << "  " << data.train.size() << " train / " << data.eval.size() << " eval examples, "
               << ctx.loader->micro_batches_per_epoch() << " micro-batches per epoch, " << ctx.total_steps
               << " optimizer steps, device " << ctx.runtime.device.str() << "\n";
@@ -564,7 +557,11 @@ int command_train(const std::vector<std::string>& args) {
   //   --fail-at-step R:S: rank R throws just before optimizer step S (a rank failure mid-run).
   //   --grad-sync-after-backward: start every gradient bucket after the backward instead of from the
   //     hooks (the no-overlap baseline of scripts/bench_dist.sh).
-  CommandLine cli("train", args, {"--stop-after-steps", "--fail-at-step"},
+  //   --test-fail-checkpoint-write-after-bytes N: every save of this process fails like a full disk once N
+  //     bytes of it are written (CheckpointWriteOptions). A flag, not an environment variable, so the
+  //     production writer reads no process state; the crash tests need it through the binary because
+  //     they check what a whole run (and, under torchrun, one rank of it) does after a failed save.
+  CommandLine cli("train", args, {"--stop-after-steps", "--fail-at-step", "--test-fail-checkpoint-write-after-bytes"},
                   {"--force", "--ignore-fingerprint", "--allow-batch-change", "--grad-sync-after-backward"});
   if (cli.positional().size() != 1) {
     throw InputError(

@@ -20,7 +20,7 @@ json TrainerState::to_json() const {
       {"total_steps", total_steps},
       {"world_size", world_size},
       {"sampler", sampler.to_json()},
-      {"scheduler", {{"kind", schedule.kind}, {"peak_lr", schedule.peak_lr}, {"warmup_steps", schedule.warmup_steps},
+      {"scheduler", {{"kind", enum_name(schedule.kind)}, {"peak_lr", schedule.peak_lr}, {"warmup_steps", schedule.warmup_steps},
                      {"total_steps", schedule.total_steps}, {"min_lr_ratio", schedule.min_lr_ratio},
                      {"next_step", global_step}}},
       {"rng", rng},
@@ -54,7 +54,10 @@ TrainerState TrainerState::from_json(const json& j, const std::string& label) {
   if (!j.contains("sampler")) throw InputError(label + ": missing 'sampler'");
   s.sampler = data::SamplerState::from_json(j["sampler"], label);
   const json sched = j.value("scheduler", json::object());
-  s.schedule.kind = sched.value("kind", s.schedule.kind);
+  if (sched.contains("kind")) {
+    const std::string kind = sched["kind"].is_string() ? sched["kind"].get<std::string>() : sched["kind"].dump();
+    s.schedule.kind = parse_enum<Scheduler>(kind, label + ": scheduler.kind");
+  }
   s.schedule.peak_lr = sched.value("peak_lr", s.schedule.peak_lr);
   s.schedule.warmup_steps = sched.value("warmup_steps", s.schedule.warmup_steps);
   s.schedule.total_steps = sched.value("total_steps", s.schedule.total_steps);

@@ -515,8 +515,8 @@ def test_torchrun_and_sft_launch_give_identical_metrics(tmp_path, golden_dir, sf
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_current(tmp_path, golden_dir, sft_binary, procs):
-    """Rank 0's save of step 4 fails mid-write (the documented SFT_TEST_FAIL_WRITE_AFTER_BYTES hook of
-    trainer/checkpoint.h, as a full disk): both ranks exit non-zero, step 2 stays the newest complete
+    """Rank 0's save of step 4 fails mid-write (the test-only --test-fail-checkpoint-write-after-bytes flag,
+    trainer/checkpoint.h's CheckpointWriteOptions, as a full disk): both ranks exit non-zero, step 2 stays the newest complete
     checkpoint, no temp dir is left, and resuming from it finishes like the uninterrupted run."""
     extra = LORA + "checkpoint: {every_steps: 2}\n"
     ref_cfg = write_config(tmp_path, golden_dir, "ref", extra)
@@ -528,9 +528,8 @@ def test_a_failed_save_leaves_the_previous_checkpoint_current(tmp_path, golden_d
     for rank in range(2):
         env = base_env()
         env.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        if rank == 0:
-            env["SFT_TEST_FAIL_WRITE_AFTER_BYTES"] = "1000"
-        p = Proc([sft_binary, "train", cfg, "train.grad_accum=1"], tmp_path / f"fail{rank}.log", env=env)
+        hook = ["--test-fail-checkpoint-write-after-bytes", "1000"] if rank == 0 else []
+        p = Proc([sft_binary, "train", cfg, "train.grad_accum=1", *hook], tmp_path / f"fail{rank}.log", env=env)
         procs.append(p)
         ranks.append(p)
     assert ranks[0].wait(60) == 1, ranks[0].output()
