@@ -5,6 +5,8 @@ set(SFT_MODEL_SOURCES
   model/safetensors.cpp
   model/weights.cpp
   model/llama.cpp
+  model/checkpointing.cpp
+  model/kv_cache.cpp
   model/lora.cpp
   model/lora_init.cpp
 )
