@@ -112,10 +112,11 @@ def main():
         full_prefill, full_ms = run(args.sft, args.model, prompt, args.new_tokens_no_cache, False, args.threads)
         rows.append((context, cached_prefill, cached_ms, full_ms))
         print(f"context {context}: cache {cached_ms:.2f} ms/token, no cache {full_ms:.2f} ms/token", file=sys.stderr)
-    print(f"model {args.model}, {args.threads} thread(s), {args.new_tokens} new tokens with the cache, "
-          f"{args.new_tokens_no_cache} without")
-    print(f"{'context':>8} {'prefill s':>10} {'cache ms/tok':>13} {'cache tok/s':>12} "
-          f"{'no-cache ms/tok':>16} {'no-cache tok/s':>15} {'speedup':>8}")
+    print(f"model {args.model}, {args.threads} thread(s)")
+    if rows:
+        print(f"{args.new_tokens} new tokens with the cache, {args.new_tokens_no_cache} without")
+        print(f"{'context':>8} {'prefill s':>10} {'cache ms/tok':>13} {'cache tok/s':>12} "
+              f"{'no-cache ms/tok':>16} {'no-cache tok/s':>15} {'speedup':>8}")
     for context, prefill, cached_ms, full_ms in rows:
         print(f"{context:>8} {prefill:>10.3f} {cached_ms:>13.2f} {1000 / cached_ms:>12.1f} "
               f"{full_ms:>16.2f} {1000 / full_ms:>15.2f} {full_ms / cached_ms:>7.1f}x")
