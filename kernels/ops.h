@@ -86,3 +86,29 @@ struct OpTable {
 OpTable op_table(const FusedOps& ops);
 
 }  // namespace sft::kernels
+
+// ---- attention of new rows over a key/value cache (decoding; kernels/cached_attention.cpp) ----
+namespace sft::kernels {
+
+// The keys and values a decoding step attends over. One buffer per layer holds every cached sequence:
+// packed document d of the step (see kv_cache_attention) reads rows [starts[d], starts[d] + lengths[d])
+// of keys/values, the positions 0 .. lengths[d] - 1 of its sequence, this step's new rows included.
+struct KvCacheView {
+  at::Tensor keys, values;  // [R, Hkv, D]: R rows of all sequences together
+  at::Tensor starts_host;   // int64 [n_docs] on the CPU: first row of document d's sequence
+  at::Tensor lengths_host;  // int64 [n_docs] on the CPU: its cached positions, including the new rows
+};
+
+// Attention of the new rows of a decoding step (causal, as flash_attn_with_kvcache aligns it):
+//   q: [T, Hq, D] new query rows of n_docs documents packed as `seqs` (cu_seqlens of the new rows);
+//   k_new, v_new: [T, Hkv, D] their keys/values, already written into the cache;
+//   row i of the n_d new rows of document d sees cached positions [0, lengths[d] - n_d + i].
+// Returns [T, Hq, D] in q's dtype; no autograd (decoding runs under no_grad).
+// A step where no document has earlier positions (a prefill) is varlen_attention(q, k_new, v_new, seqs,
+// scale, causal, impl), so a prompt is processed exactly as training processes it. Otherwise each
+// document is one fp32 scores / softmax / weighted-sum pass over its cached rows (any device).
+at::Tensor kv_cache_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                              const KvCacheView& cache, const PackedSequences& seqs, double softmax_scale,
+                              AttentionImpl impl);
+
+}  // namespace sft::kernels

@@ -5,6 +5,8 @@ set(SFT_KERNEL_SOURCES
   kernels/fused_attention.cpp
   kernels/cpu/attention_cpu.cpp
 )
+# Attention of decoding steps over a key/value cache (kv_cache_attention in kernels/ops.h) + its fp64 reference.
+list(APPEND SFT_KERNEL_SOURCES kernels/cached_attention.cpp)
 # Fused RMSNorm / SwiGLU / rotary / linear cross-entropy: binding + CPU twins (kernels/fused_ops.h).
 list(APPEND SFT_KERNEL_SOURCES kernels/fused_ops.cpp kernels/cpu/fused_ops_cpu.cpp)
 # Device code + torch-free launchers (compiled only when nvcc is found; SFT_WITH_CUDA is then defined).

@@ -36,6 +36,10 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::string torch_dtype = "float32";
   std::string hidden_act = "silu";
+
+  // Whether o_proj has a bias: Llama's attention_bias covers q/k/v and o_proj; Qwen2 has biases on
+  // q/k/v only. The one place this rule lives (the modules and the weight name table both ask).
+  bool o_proj_bias() const { return attention_bias && model_type != "qwen2"; }
 };
 
 // Reads and validates `dir/config.json`. Throws sft::InputError naming the file and the key.

@@ -1,7 +1,6 @@
-// model/generate.cpp: the KV-cache incremental forward (IncrementalDecoder), token selection (greedy,
-// temperature / top-k / top-p) and the decoding loop. The layer math mirrors model/llama.cpp
-// (pre-norm residual blocks, rotary on q/k, grouped-query attention, SwiGLU) but reads keys and
-// values of earlier positions from the cache instead of recomputing them.
+// model/generate.cpp: IncrementalDecoder, token selection (greedy, temperature / top-k / top-p) and the
+// decoding loop of generate() and generate_batch(). Every step is CausalLM::forward with a KvCache; the
+// loop only packs the step's tokens, picks the next token of each sequence and retires finished ones.
 #include "model/generate.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -13,41 +12,6 @@
 
 namespace sft::model {
 namespace {
-
-// [..., d] -> [..., d] with halves (x1, x2) -> (-x2, x1); as in model/llama.cpp.
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
-}
-
-// x: [n, H, D]; cos/sin: [n, D]
-at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
-  return x * c + rotate_half(x) * s;
-}
-
-// Attention of n new query rows over L = past + n cached positions; row i sees keys [0, past + i].
-//   q: [n, Hq, D]; k, v: [L, Hkv, D] -> [n, Hq, D] in q's dtype. Math in fp32.
-// Query head h uses kv head h / (Hq / Hkv), as transformers' repeat_kv.
-at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t past,
-                            double scale) {
-  const int64_t n = q.size(0), hq = q.size(1), d = q.size(2);
-  const int64_t length = k.size(0), hkv = k.size(1), group = hq / hkv;
-  at::Tensor qf = q.to(at::kFloat).view({n, hkv, group, d}).permute({1, 2, 0, 3}).reshape({hkv, group * n, d});
-  at::Tensor kf = k.to(at::kFloat).permute({1, 2, 0});  // [Hkv, D, L]
-  at::Tensor vf = v.to(at::kFloat).permute({1, 0, 2});  // [Hkv, L, D]
-  at::Tensor scores = at::bmm(qf, kf).mul_(scale);       // [Hkv, G*n, L]
-  if (n > 1) {
-    at::Tensor key_pos = at::arange(length, at::TensorOptions().dtype(at::kLong).device(q.device()));
-    at::Tensor query_pos = at::arange(past, past + n, at::TensorOptions().dtype(at::kLong).device(q.device()));
-    at::Tensor masked = key_pos.unsqueeze(0) > query_pos.unsqueeze(1);  // [n, L]
-    scores = scores.view({hkv, group, n, length})
-                 .masked_fill(masked, -std::numeric_limits<float>::infinity())
-                 .view({hkv, group * n, length});
-  }
-  at::Tensor out = at::bmm(scores.softmax(-1), vf);  // [Hkv, G*n, D]
-  return out.view({hkv, group, n, d}).permute({2, 0, 1, 3}).reshape({n, hq, d}).to(q.scalar_type());
-}
 
 // Puts a module in eval mode for the lifetime of the guard and restores its training flag.
 class EvalModeGuard {
@@ -79,57 +43,17 @@ at::Tensor full_forward_last(CausalLM& model, const std::vector<int32_t>& ids, c
 // ---------------------------------------------------------------------------------------------------
 // IncrementalDecoder
 IncrementalDecoder::IncrementalDecoder(CausalLM model, int64_t capacity)
-    : model_(std::move(model)), rotary_(model_->config()), capacity_(capacity) {
-  TORCH_CHECK(capacity > 0, "IncrementalDecoder: capacity must be positive");
-  const ModelConfig& config = model_->config();
-  const at::Tensor& embed = model_->model->embed_tokens->weight;
-  for (const auto& module : *model_->model->layers) {
-    auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(module);
-    TORCH_CHECK(layer, "IncrementalDecoder: layer is not a DecoderLayer");
-    layers_.push_back(layer);
-    keys_.push_back(at::empty({capacity, config.num_key_value_heads, config.head_dim}, embed.options()));
-    values_.push_back(at::empty({capacity, config.num_key_value_heads, config.head_dim}, embed.options()));
-  }
-}
+    : model_(std::move(model)),
+      cache_(model_->config(), {capacity}, model_->model->embed_tokens->weight.options()) {}
 
 at::Tensor IncrementalDecoder::forward(const at::Tensor& ids, kernels::AttentionImpl impl) {
   const int64_t n = ids.size(0);
   TORCH_CHECK(n >= 1, "IncrementalDecoder::forward: no tokens");
-  TORCH_CHECK(length_ + n <= capacity_, "IncrementalDecoder: cache capacity ", capacity_, " exceeded (",
-              length_ + n, " positions)");
-  const int64_t past = length_;
-  const at::Device device = keys_.empty() ? ids.device() : keys_[0].device();
-  at::Tensor h = model_->model->embed_tokens->forward(ids.to(device));  // [n, hidden]
-  at::Tensor positions = at::arange(past, past + n, at::TensorOptions().dtype(at::kLong).device(device));
-  auto [cos, sin] = rotary_.tables(positions, h.scalar_type());  // [n, D] each
-  kernels::PackedSequences prefill_seqs;
-  if (past == 0) {
-    at::Tensor cu_host = at::tensor(std::vector<int32_t>{0, static_cast<int32_t>(n)}, at::kInt);
-    prefill_seqs = {cu_host.to(device), cu_host, n};
-  }
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    DecoderLayerImpl& layer = *layers_[l];
-    AttentionImpl& attn = *layer.self_attn;
-    at::Tensor x = layer.input_layernorm->forward(h);
-    at::Tensor q = attn.q_proj->forward(x).view({n, attn.num_heads, attn.head_dim});     // [n, Hq, D]
-    at::Tensor k = attn.k_proj->forward(x).view({n, attn.num_kv_heads, attn.head_dim});  // [n, Hkv, D]
-    at::Tensor v = attn.v_proj->forward(x).view({n, attn.num_kv_heads, attn.head_dim});  // [n, Hkv, D]
-    q = apply_rotary(q, cos, sin);
-    k = apply_rotary(k, cos, sin);
-    keys_[l].narrow(0, past, n).copy_(k);
-    values_[l].narrow(0, past, n).copy_(v);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(attn.head_dim));
-    at::Tensor attended;  // [n, Hq, D]
-    if (past == 0) {
-      attended = kernels::varlen_attention(q, k, v, prefill_seqs, scale, /*causal=*/true, impl);
-    } else {
-      attended = cached_attention(q, keys_[l].narrow(0, 0, past + n), values_[l].narrow(0, 0, past + n), past, scale);
-    }
-    h = h + attn.o_proj->forward(attended.reshape({n, attn.num_heads * attn.head_dim}));
-    h = h + layer.mlp->forward(layer.post_attention_layernorm->forward(h));
-  }
-  length_ = past + n;
-  return model_->model->norm->forward(h);
+  KvCache::Step step = cache_.plan({0}, {n});
+  ForwardOptions options;
+  options.attention = impl;
+  options.cache = &cache_;
+  return model_->forward(ids.to(step.positions.device()), step.positions, step.seqs, options);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -158,57 +82,119 @@ int32_t select_next_token(const at::Tensor& logits, const GenerationOptions& opt
 
 // ---------------------------------------------------------------------------------------------------
 // Decoding loop
-std::vector<int32_t> generate(CausalLM& model, const std::vector<int32_t>& prompt_ids,
-                              const GenerationOptions& options, const TokenCallback& on_token) {
-  TORCH_CHECK(!prompt_ids.empty(), "generate: the prompt has no tokens");
-  TORCH_CHECK(options.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0");
-  std::vector<int32_t> generated;
-  if (options.max_new_tokens == 0) return generated;
+namespace {
+
+bool is_stop_id(const GenerationOptions& options, int32_t id) {
+  return std::find(options.stop_ids.begin(), options.stop_ids.end(), id) != options.stop_ids.end();
+}
+
+// Decodes prompts[i] with generators[i]; on_token (with one prompt) sees every new token as it is chosen.
+std::vector<std::vector<int32_t>> decode(CausalLM& model, const std::vector<std::vector<int32_t>>& prompts,
+                                         const GenerationOptions& options, std::vector<at::Generator>& generators,
+                                         const TokenCallback& on_token) {
+  const size_t count = prompts.size();
+  std::vector<std::vector<int32_t>> generated(count);
+  if (options.max_new_tokens == 0 || count == 0) return generated;
   torch::NoGradGuard no_grad;
   EvalModeGuard eval_mode(model);
-  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   const at::Device device = model->model->embed_tokens->weight.device();
-  auto is_stop = [&](int32_t id) {
-    return std::find(options.stop_ids.begin(), options.stop_ids.end(), id) != options.stop_ids.end();
-  };
-  // Emits `token`; returns true when decoding goes on.
-  auto emit = [&](int32_t token) {
-    generated.push_back(token);
+  // Records `token` for sequence i; returns true when sequence i goes on.
+  auto emit = [&](size_t i, int32_t token) {
+    generated[i].push_back(token);
     if (on_token) on_token(token);
-    return !is_stop(token) && static_cast<int64_t>(generated.size()) < options.max_new_tokens;
+    return !is_stop_id(options, token) && static_cast<int64_t>(generated[i].size()) < options.max_new_tokens;
   };
 
-  if (!options.use_cache) {
-    std::vector<int32_t> sequence = prompt_ids;
-    while (true) {
-      at::Tensor hidden = full_forward_last(model, sequence, device, options.attention);  // [1, hidden]
-      int32_t token = select_next_token(model->logits(hidden)[0], options, generator);
-      sequence.push_back(token);
-      if (!emit(token)) break;
+  if (!options.use_cache) {  // the reference: rerun each whole sequence every step
+    for (size_t i = 0; i < count; ++i) {
+      std::vector<int32_t> sequence = prompts[i];
+      while (true) {
+        at::Tensor hidden = full_forward_last(model, sequence, device, options.attention);  // [1, hidden]
+        int32_t token = select_next_token(model->logits(hidden)[0], options, generators[i]);
+        sequence.push_back(token);
+        if (!emit(i, token)) break;
+      }
     }
     return generated;
   }
 
-  const int64_t prompt_len = static_cast<int64_t>(prompt_ids.size());
-  IncrementalDecoder decoder(model, prompt_len + options.max_new_tokens);
-  at::Tensor prompt = at::tensor(std::vector<int64_t>(prompt_ids.begin(), prompt_ids.end()), at::kLong);
-  at::Tensor hidden = decoder.forward(prompt, options.attention);  // [P, hidden]
-  int32_t token = select_next_token(model->logits(hidden.slice(0, prompt_len - 1, prompt_len))[0], options, generator);
-  while (emit(token)) {
-    hidden = decoder.forward(at::tensor(std::vector<int64_t>{token}, at::kLong));  // [1, hidden]
-    token = select_next_token(model->logits(hidden)[0], options, generator);
+  std::vector<int64_t> capacities, active, counts;  // active: the sequences of this step, in packed order
+  std::vector<int64_t> step_ids;                    // their tokens, packed
+  for (size_t i = 0; i < count; ++i) {
+    const std::vector<int32_t>& prompt = prompts[i];
+    capacities.push_back(static_cast<int64_t>(prompt.size()) + options.max_new_tokens);
+    active.push_back(static_cast<int64_t>(i));
+    counts.push_back(static_cast<int64_t>(prompt.size()));
+    step_ids.insert(step_ids.end(), prompt.begin(), prompt.end());
+  }
+  KvCache cache(model->config(), capacities, model->model->embed_tokens->weight.options());
+  ForwardOptions forward_options;
+  forward_options.attention = options.attention;
+  forward_options.cache = &cache;
+  while (!active.empty()) {  // the first step is the prefill of every prompt, then one token per sequence
+    KvCache::Step step = cache.plan(active, counts);
+    at::Tensor ids = at::tensor(step_ids, at::kLong).to(device);
+    at::Tensor hidden = model->forward(ids, step.positions, step.seqs, forward_options);  // [T, hidden]
+    if (hidden.size(0) != static_cast<int64_t>(active.size())) {  // each sequence's last row
+      at::Tensor last = step.seqs.cu_seqlens_host.slice(0, 1).to(at::kLong) - 1;
+      hidden = hidden.index_select(0, last.to(device));  // [active, hidden]
+    }
+    at::Tensor logits = model->logits(hidden).to(at::kCPU, at::kFloat);  // [active, vocab]; SYNC per step
+    std::vector<int64_t> still_active;
+    step_ids.clear();
+    for (size_t d = 0; d < active.size(); ++d) {
+      const size_t i = static_cast<size_t>(active[d]);
+      const int32_t token = select_next_token(logits[static_cast<int64_t>(d)], options, generators[i]);
+      if (emit(i, token)) {
+        still_active.push_back(active[d]);
+        step_ids.push_back(token);
+      }
+    }
+    active = std::move(still_active);
+    counts.assign(active.size(), 1);
   }
   return generated;
 }
 
+std::vector<at::Generator> sampler_generators(size_t count, const std::vector<uint64_t>& seeds, uint64_t seed) {
+  std::vector<at::Generator> generators;
+  for (size_t i = 0; i < count; ++i) generators.push_back(at::make_generator<at::CPUGeneratorImpl>(seeds.empty() ? seed : seeds[i]));
+  return generators;
+}
+
+void check_request(const std::vector<std::vector<int32_t>>& prompts, const GenerationOptions& options,
+                   const std::vector<uint64_t>& seeds) {
+  for (size_t i = 0; i < prompts.size(); ++i) TORCH_CHECK(!prompts[i].empty(), "generate: prompt ", i, " has no tokens");
+  TORCH_CHECK(options.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0");
+  TORCH_CHECK(seeds.empty() || seeds.size() == prompts.size(), "generate_batch: ", seeds.size(), " seeds for ",
+              prompts.size(), " prompts");
+}
+
+}  // namespace
+
+std::vector<int32_t> generate(CausalLM& model, const std::vector<int32_t>& prompt_ids,
+                              const GenerationOptions& options, const TokenCallback& on_token) {
+  const std::vector<std::vector<int32_t>> prompts{prompt_ids};
+  check_request(prompts, options, {});
+  std::vector<at::Generator> generators = sampler_generators(1, {}, options.seed);
+  return decode(model, prompts, options, generators, on_token)[0];
+}
+
+std::vector<std::vector<int32_t>> generate_batch(CausalLM& model, const std::vector<std::vector<int32_t>>& prompts,
+                                                 const GenerationOptions& options, const std::vector<uint64_t>& seeds) {
+  check_request(prompts, options, seeds);
+  std::vector<at::Generator> generators = sampler_generators(prompts.size(), seeds, options.seed);
+  return decode(model, prompts, options, generators, nullptr);
+}
+
+std::string answer_text(const data::Tokenizer& tokenizer, std::vector<int32_t> ids, const GenerationOptions& options) {
+  if (!ids.empty() && is_stop_id(options, ids.back())) ids.pop_back();
+  return tokenizer.decode(ids, /*skip_special_tokens=*/false);
+}
+
 std::string generate_text(CausalLM& model, const data::Tokenizer& tokenizer, const std::vector<int32_t>& prompt_ids,
                           const GenerationOptions& options) {
-  std::vector<int32_t> ids = generate(model, prompt_ids, options);
-  if (!ids.empty() &&
-      std::find(options.stop_ids.begin(), options.stop_ids.end(), ids.back()) != options.stop_ids.end()) {
-    ids.pop_back();
-  }
-  return tokenizer.decode(ids, /*skip_special_tokens=*/false);
+  return answer_text(tokenizer, generate(model, prompt_ids, options), options);
 }
 
 std::vector<int32_t> default_stop_ids(const ModelConfig& config, const data::Tokenizer* tokenizer) {

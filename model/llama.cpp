@@ -11,7 +11,7 @@
 #include <tuple>
 #include <utility>
 
-#include "common/autocast.h"
+#include "model/checkpointing.h"
 
 namespace sft::model {
 
@@ -88,20 +88,25 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const at::TensorOptions&
   q_proj = register_module("q_proj", Projection(hidden, num_heads * head_dim, qkv_bias, options));
   k_proj = register_module("k_proj", Projection(hidden, num_kv_heads * head_dim, qkv_bias, options));
   v_proj = register_module("v_proj", Projection(hidden, num_kv_heads * head_dim, qkv_bias, options));
-  // Qwen2 has biases on q/k/v only; Llama's attention_bias also covers o_proj.
-  const bool o_bias = qkv_bias && config.model_type != "qwen2";
-  o_proj = register_module("o_proj", Projection(num_heads * head_dim, hidden, o_bias, options));
+  o_proj = register_module("o_proj", Projection(num_heads * head_dim, hidden, config.o_proj_bias(), options));
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                  const kernels::PackedSequences& seqs, kernels::AttentionImpl impl) {
+                                  const kernels::PackedSequences& seqs, kernels::AttentionImpl impl,
+                                  LayerKvCache cache) {
   const int64_t tokens = x.size(0);
   at::Tensor q = q_proj->forward(x).view({tokens, num_heads, head_dim});     // [T, Hq, D]
   at::Tensor k = k_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
   at::Tensor v = v_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
   std::tie(q, k) = ops_->rotary(q, k, cos, sin);  // x * cos + rotate_half(x) * sin
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  at::Tensor attended = kernels::varlen_attention(q, k, v, seqs, scale, /*causal=*/true, impl);  // [T, Hq, D]
+  at::Tensor attended;  // [T, Hq, D]
+  if (cache.cache) {
+    const kernels::KvCacheView cached = cache.cache->append(cache.layer, k, v);
+    attended = kernels::kv_cache_attention(q, k, v, cached, seqs, scale, impl);
+  } else {
+    attended = kernels::varlen_attention(q, k, v, seqs, scale, /*causal=*/true, impl);
+  }
   return o_proj->forward(attended.reshape({tokens, num_heads * head_dim}));
 }
 
@@ -132,8 +137,9 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const at::TensorOp
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl) {
-  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, seqs, impl);
+                                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl,
+                                     LayerKvCache cache) {
+  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, seqs, impl, cache);
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
@@ -145,60 +151,6 @@ DecoderImpl::DecoderImpl(const ModelConfig& config, const at::TensorOptions& opt
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(DecoderLayer(config, options, ops));
   norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, options, ops));
 }
-
-// ---------------------------------------------------------------------------------------------------
-// Gradient checkpointing: the layer runs without saving activations; backward re-runs it with the same
-// RNG state (LoRA dropout) and autocast state (mixed precision), and back-propagates through the
-// recomputation.
-namespace {
-
-struct LayerRecompute : public torch::autograd::Function<LayerRecompute> {
-  // x: [T, hidden]. The layer pointer and attention choice travel as integers in saved_data.
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, at::Tensor cos, at::Tensor sin,
-                            at::Tensor cu_seqlens, at::Tensor cu_seqlens_host, int64_t max_seqlen,
-                            int64_t layer_address, int64_t attention_impl) {
-    ctx->save_for_backward({x, cos, sin, cu_seqlens, cu_seqlens_host});
-    ctx->saved_data["max_seqlen"] = max_seqlen;
-    ctx->saved_data["layer"] = layer_address;
-    ctx->saved_data["impl"] = attention_impl;
-    // What the recompute must replay: the generator of x's device (LoRA dropout draws from it) and the
-    // autocast state (mixed precision) the forward ran under.
-    ctx->saved_data["rng"] = at::globalContext().defaultGenerator(x.device()).get_state();
-    const std::optional<at::ScalarType> autocast = ScopedAutocast::current(x.device().type());
-    ctx->saved_data["autocast_dtype"] = autocast ? static_cast<int64_t>(*autocast) : int64_t{-1};
-    auto* layer = reinterpret_cast<DecoderLayerImpl*>(layer_address);
-    kernels::PackedSequences seqs{cu_seqlens, cu_seqlens_host, max_seqlen};
-    return layer->forward(x, cos, sin, seqs, static_cast<kernels::AttentionImpl>(attention_impl));
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
-    auto saved = ctx->get_saved_variables();
-    auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
-    kernels::PackedSequences seqs{saved[3], saved[4], ctx->saved_data["max_seqlen"].toInt()};
-    auto impl = static_cast<kernels::AttentionImpl>(ctx->saved_data["impl"].toInt());
-    at::Generator generator = at::globalContext().defaultGenerator(saved[0].device());
-    at::Tensor rng_now = generator.get_state();
-    generator.set_state(ctx->saved_data["rng"].toTensor());
-    const int64_t code = ctx->saved_data["autocast_dtype"].toInt();
-    std::optional<at::ScalarType> autocast_dtype;
-    if (code >= 0) autocast_dtype = static_cast<at::ScalarType>(code);
-    at::Tensor x = saved[0].detach().requires_grad_(true);
-    {
-      torch::AutoGradMode enable_grad(true);
-      at::Tensor out;
-      {  // the forward under the forward's autocast state; the backward outside it, as in training
-        const ScopedAutocast autocast(x.device().type(), autocast_dtype);
-        out = layer->forward(x, saved[1], saved[2], seqs, impl);
-      }
-      torch::autograd::backward({out}, {grad_outputs[0]});
-    }
-    generator.set_state(rng_now);
-    return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------------
 CausalLMImpl::CausalLMImpl(const ModelConfig& config, const at::TensorOptions& options,
@@ -218,19 +170,24 @@ at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const at::Tensor& 
   at::Tensor h = model->embed_tokens->forward(input_ids);  // [T, hidden]
   auto [cos, sin] = rotary_.tables(position_ids, h.scalar_type());
   const bool checkpoint = options.gradient_checkpointing && at::GradMode::is_enabled() && is_training();
+  if (options.cache) {
+    TORCH_CHECK(!checkpoint, "CausalLM::forward: a KV cache is for decoding, not for checkpointed training");
+    TORCH_CHECK(options.cache->planned_tokens() == input_ids.size(0), "CausalLM::forward: ", input_ids.size(0),
+                " tokens for a cache step planned for ", options.cache->planned_tokens());
+  }
   // A checkpointed layer reaches its parameters only through the recompute in backward, which autograd
   // runs only if the layer's input requires grad. With frozen embeddings (LoRA, freeze) it does not: make
   // it (as transformers' enable_input_require_grads does), or the trainable layers get no gradient.
   if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);
-  for (const auto& module : *model->layers) {
-    auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(module);
+  for (size_t l = 0; l < model->layers->size(); ++l) {
+    auto layer = model->layers->ptr<DecoderLayerImpl>(l);
     if (checkpoint) {
-      h = LayerRecompute::apply(h, cos, sin, seqs.cu_seqlens, seqs.cu_seqlens_host, seqs.max_seqlen,
-                                reinterpret_cast<int64_t>(layer.get()), static_cast<int64_t>(options.attention));
+      h = checkpointed_layer_forward(layer, h, cos, sin, seqs, options.attention);
     } else {
-      h = layer->forward(h, cos, sin, seqs, options.attention);
+      h = layer->forward(h, cos, sin, seqs, options.attention, {options.cache, static_cast<int64_t>(l)});
     }
   }
+  if (options.cache) options.cache->commit();
   return model->norm->forward(h);
 }
 

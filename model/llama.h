@@ -2,6 +2,9 @@
 // nothing else. Module and parameter names equal transformers' (model.layers.0.self_attn.q_proj.weight),
 // so model/weights.cpp maps checkpoint names through one table and LoRA keeps the base names.
 // Tokens travel in the packed layout: T tokens of every document of a micro-batch in one stream.
+// Training, evaluation and KV-cache decoding run the same forward; decoding passes a KvCache
+// (ForwardOptions::cache), with which each attention appends its new keys/values and attends over the
+// cached ones (model/kv_cache.h, as gpt-fast passes input_pos and a cache through one Attention.forward).
 // RMSNorm, rotary embedding, SwiGLU and the target loss go through one kernels::OpTable shared by every
 // module (`model.fused_ops`): the fused kernels or the composite ATen math, chosen once, never per call.
 #pragma once
@@ -14,6 +17,7 @@
 
 #include "kernels/ops.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 
 namespace sft::model {
 
@@ -62,9 +66,10 @@ class RotaryEmbedding {
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& config, const at::TensorOptions& options, SharedOpTable ops);
-  // x: [T, hidden]; cos/sin: [T, head_dim] -> [T, hidden]
+  // x: [T, hidden]; cos/sin: [T, head_dim] -> [T, hidden]. With a cache, seqs packs the new tokens of
+  // the planned step (KvCache::plan) and their keys/values are appended before attending.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl);
+                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl, LayerKvCache cache = {});
   Projection q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t num_heads, num_kv_heads, head_dim;
 
@@ -88,7 +93,7 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& config, const at::TensorOptions& options, const SharedOpTable& ops);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl);
+                     const kernels::PackedSequences& seqs, kernels::AttentionImpl impl, LayerKvCache cache = {});
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
@@ -108,6 +113,9 @@ TORCH_MODULE(Decoder);
 struct ForwardOptions {
   kernels::AttentionImpl attention = kernels::AttentionImpl::Auto;
   bool gradient_checkpointing = false;  // recompute each layer in backward instead of storing activations
+  // Decoding: the cache whose planned step (KvCache::plan gave the positions and seqs) this forward
+  // runs; committed at the end of the forward. Null: no cache (training, evaluation, full recompute).
+  KvCache* cache = nullptr;
 };
 
 class CausalLMImpl : public torch::nn::Module {
@@ -117,6 +125,7 @@ class CausalLMImpl : public torch::nn::Module {
                const kernels::FusedOps& fused = kernels::FusedOps::all());
 
   // input_ids, position_ids: int64 [T] -> final hidden states [T, hidden] (after the final norm).
+  // Rotary tables come from position_ids, so with a cache they continue each cached sequence.
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& position_ids,
                      const kernels::PackedSequences& seqs, const ForwardOptions& options);
   // Vocabulary projection of selected rows only: hidden [N, hidden] -> logits [N, vocab].

@@ -6,6 +6,8 @@ set(SFT_MODEL_SOURCES
   model/named_tensors.cpp
   model/weights.cpp
   model/llama.cpp
+  model/checkpointing.cpp
+  model/kv_cache.cpp
   model/lora.cpp
   model/lora_init.cpp
 )

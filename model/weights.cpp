@@ -19,7 +19,7 @@ std::vector<WeightEntry> weight_table(const ModelConfig& c) {
   const int64_t hidden = c.hidden_size, inner = c.intermediate_size;
   const int64_t q_out = c.num_attention_heads * c.head_dim, kv_out = c.num_key_value_heads * c.head_dim;
   const bool qkv_bias = c.attention_bias;
-  const bool o_bias = c.attention_bias && c.model_type != "qwen2";
+  const bool o_bias = c.o_proj_bias();
   std::vector<WeightEntry> table;
   table.push_back({"model.embed_tokens.weight", {c.vocab_size, hidden}});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {

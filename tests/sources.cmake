@@ -21,7 +21,7 @@ set(SFT_TEST_SOURCES
   tests/test_adapters.cpp
   tests/test_cli.cpp
 )
-list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp)
+list(APPEND SFT_TEST_SOURCES tests/test_generate.cpp tests/test_generate_batch.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_checkpoint.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_dist.cpp)  # multi-process pieces (the rest: tests/python/test_dist_torchrun.py)
 list(APPEND SFT_TEST_SOURCES tests/launch_test_util.cpp tests/test_launch.cpp tests/test_launch_signals.cpp)  # sft launch

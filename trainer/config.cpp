@@ -77,6 +77,7 @@ void visit_fields(Config& c, V& v) {
   v("eval.batch_size", c.eval.batch_size, "examples per evaluation batch");
   v("eval.generate", c.eval.generate, "also decode greedily and score exact match");
   v("eval.max_new_tokens", c.eval.max_new_tokens, "generation limit for eval.generate");
+  v("eval.generate_batch_size", c.eval.generate_batch_size, "prompts decoded together (batched KV-cache decoding) for eval.generate");
   v("checkpoint.every_steps", c.checkpoint.every_steps, "save every N optimizer steps; 0 = only the final one");
   v("checkpoint.keep_last", c.checkpoint.keep_last, "complete checkpoints to keep (the newest is never deleted)");
   v("resume", c.resume, "auto (newest complete checkpoint in output_dir) | never | PATH");
@@ -335,6 +336,7 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   check(c.eval.every_steps >= 0, "eval.every_steps must be >= 0");
   check(c.eval.batch_size >= 1, "eval.batch_size must be >= 1");
   check(c.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1");
+  check(c.eval.generate_batch_size >= 1, "eval.generate_batch_size must be >= 1");
   check(c.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0");
   check(c.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1");
   check(c.log.every_steps >= 1, "log.every_steps must be >= 1");

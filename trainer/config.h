@@ -88,6 +88,7 @@ struct EvalOptions {
   int64_t batch_size = 8;
   bool generate = false;
   int64_t max_new_tokens = 64;
+  int64_t generate_batch_size = 8;  // eval.generate: prompts decoded together (model::generate_batch)
 };
 
 struct CheckpointOptions {

@@ -1,9 +1,10 @@
-// trainer/evaluate.cpp: the evaluation loop: teacher-forced scores per batch, then greedy decoding
-// per example for exact match.
+// trainer/evaluate.cpp: the evaluation loop: teacher-forced scores per batch, then greedy decoding of
+// the batch's prompts (eval.generate_batch_size at a time, model::generate_batch) for exact match.
 #include "trainer/evaluate.h"
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 
@@ -66,6 +67,7 @@ Evaluator::Evaluator(const Config& config, const Runtime& runtime, const model::
     options.attention = runtime.attention;
     options.stop_ids = model::default_stop_ids(model_config, tokenizer);
     generation_ = options;
+    generate_batch_size_ = config.eval.generate_batch_size;
   }
   if (!examples.empty()) {
     batches_ = data::make_eval_batches(examples, config.eval.batch_size, run_pad_id(tokenizer),
@@ -73,19 +75,28 @@ Evaluator::Evaluator(const Config& config, const Runtime& runtime, const model::
   }
 }
 
-GenerationScore Evaluator::generate(model::CausalLM& lm, const data::TokenizedExample& example) const {
-  auto [begin, end] = last_supervised_run(example);
-  std::vector<int32_t> prompt(example.input_ids.begin(), example.input_ids.begin() + begin);
-  std::vector<int32_t> answer;
-  for (size_t i = begin; i < end; ++i) {
-    if (!tokenizer_->is_special(example.input_ids[i])) answer.push_back(example.input_ids[i]);
+std::vector<GenerationScore> Evaluator::generate(model::CausalLM& lm, const std::vector<int64_t>& indices) const {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<GenerationScore> scores(indices.size());
+  for (size_t k = 0; k < indices.size(); ++k) {
+    const data::TokenizedExample& example = examples_[indices[k]];
+    auto [begin, end] = last_supervised_run(example);
+    prompts.emplace_back(example.input_ids.begin(), example.input_ids.begin() + begin);
+    std::vector<int32_t> answer;
+    for (size_t i = begin; i < end; ++i) {
+      if (!tokenizer_->is_special(example.input_ids[i])) answer.push_back(example.input_ids[i]);
+    }
+    scores[k].reference = trim(tokenizer_->decode(answer, /*skip_special_tokens=*/true));
   }
-  GenerationScore score;
-  score.reference = trim(tokenizer_->decode(answer, /*skip_special_tokens=*/true));
-  score.output = trim(model::generate_text(lm, *tokenizer_, prompt, *generation_));
-  score.exact_match = score.output == score.reference;
-  score.exact_match_normalized = normalize_answer(score.output) == normalize_answer(score.reference);
-  return score;
+  // Greedy: each answer is what decoding its prompt alone gives (model/generate.h).
+  const std::vector<std::vector<int32_t>> outputs = model::generate_batch(lm, prompts, *generation_);
+  for (size_t k = 0; k < indices.size(); ++k) {
+    GenerationScore& score = scores[k];
+    score.output = trim(model::answer_text(*tokenizer_, outputs[k], *generation_));
+    score.exact_match = score.output == score.reference;
+    score.exact_match_normalized = normalize_answer(score.output) == normalize_answer(score.reference);
+  }
+  return scores;
 }
 
 EvalResult Evaluator::run(model::CausalLM& lm, const std::function<void(const ExampleScore&)>& on_example,
@@ -111,7 +122,14 @@ EvalResult Evaluator::run(model::CausalLM& lm, const std::function<void(const Ex
     at::Tensor hits_host = hits.to(at::kCPU, at::kLong).contiguous();
     const double* loss_ptr = loss_host.data_ptr<double>();
     const int64_t* hit_ptr = hits_host.data_ptr<int64_t>();
-    for (size_t k = 0; k < eval_batch.example_index.size(); ++k) {
+    const size_t batch_examples = eval_batch.example_index.size();
+    std::vector<GenerationScore> answers;  // with generation: the batch's answers, decoded in chunks
+    for (size_t first = 0; generation_ && first < batch_examples; first += generate_batch_size_) {
+      const size_t last = std::min(batch_examples, first + static_cast<size_t>(generate_batch_size_));
+      const std::vector<int64_t> chunk(eval_batch.example_index.begin() + first, eval_batch.example_index.begin() + last);
+      for (GenerationScore& answer : generate(lm, chunk)) answers.push_back(std::move(answer));
+    }
+    for (size_t k = 0; k < batch_examples; ++k) {
       ExampleScore score;
       score.index = eval_batch.example_index[k];
       for (int64_t t = eval_batch.target_offsets[k]; t < eval_batch.target_offsets[k + 1]; ++t) {
@@ -124,7 +142,7 @@ EvalResult Evaluator::run(model::CausalLM& lm, const std::function<void(const Ex
       correct += score.correct;
       ++examples;
       if (generation_) {
-        score.generation = generate(lm, examples_[score.index]);
+        score.generation = std::move(answers[k]);
         exact += score.generation->exact_match;
         exact_normalized += score.generation->exact_match_normalized;
       }

@@ -1,6 +1,7 @@
 // trainer/evaluate.h: held-out scoring, the one code path of `sft train` (periodic and final evaluation)
 // and `sft eval`: mean loss over target tokens, perplexity, token accuracy and, with eval.generate,
-// exact match of greedy decoding; per-example scores are streamed to a callback.
+// exact match of greedy decoding (batched: eval.generate_batch_size prompts of an eval batch at once);
+// per-example scores are streamed to a callback.
 #pragma once
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -73,13 +74,15 @@ class Evaluator {
                  Collectives* group = nullptr) const;
 
  private:
-  GenerationScore generate(model::CausalLM& model, const data::TokenizedExample& example) const;
+  // Greedy answers of the examples `indices` (positions in examples_), decoded together, in order.
+  std::vector<GenerationScore> generate(model::CausalLM& model, const std::vector<int64_t>& indices) const;
 
   const std::vector<data::TokenizedExample>& examples_;
   const data::Tokenizer* tokenizer_;
   Runtime runtime_;
   std::vector<data::EvalBatch> batches_;
   std::optional<model::GenerationOptions> generation_;
+  int64_t generate_batch_size_ = 1;  // eval.generate_batch_size
 };
 
 }  // namespace sft

@@ -1,7 +1,8 @@
 // trainer/generate_command.cpp: `sft generate`. Loads the model (and a PEFT adapter), turns each
 // prompt into ids with the chat template, decodes with model/generate.h and writes the result:
-// streamed text for --prompt, comma-separated ids for --prompt-ids, one JSONL line per input line
-// for --input. Timing goes to stderr so stdout stays the answer.
+// streamed text for --prompt, comma-separated ids for --prompt-ids (one line per prompt; several prompts,
+// separated by ';', decode as one batch), one JSONL line per input line for --input (--batch-size lines
+// decoded together). Timing goes to stderr so stdout stays the answer.
 #include "trainer/generate_command.h"
 
 #include <torch/torch.h>
@@ -31,7 +32,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: sft generate --model DIR [--adapter DIR] [--template NAME] (--prompt TEXT | --input FILE.jsonl | "
-    "--prompt-ids 1,2,3) [--temperature T] [--top-p P] [--top-k K] [--max-new-tokens N] [--seed S] "
+    "--prompt-ids 1,2,3[;4,5,...]) [--batch-size N] [--temperature T] [--top-p P] [--top-k K] [--max-new-tokens N] [--seed S] "
     "[--system TEXT] [--out FILE] [--tokenizer DIR] [--dtype float32] [--attention auto] [--threads N] [--no-cache] [--ignore-eos]";
 
 std::string string_field(const json& object, const std::string& key, const std::string& source) {
@@ -240,7 +241,7 @@ int command_generate(const std::vector<std::string>& args) {
   CommandLine cli("generate", args,
                   {"--model", "--adapter", "--template", "--prompt", "--prompt-ids", "--input", "--temperature",
                    "--top-p", "--top-k", "--max-new-tokens", "--seed", "--system", "--out", "--tokenizer", "--dtype",
-                   "--attention", "--threads"},
+                   "--attention", "--threads", "--batch-size"},
                   {"--no-cache", "--ignore-eos"});
   if (!cli.positional().empty()) throw InputError("sft generate: unexpected argument '" + cli.positional()[0] + "'\n" + kUsage);
   const fs::path model_dir = cli.required("--model");
@@ -266,6 +267,8 @@ int command_generate(const std::vector<std::string>& args) {
   if (options.top_k < 0) throw InputError("--top-k must be >= 0 (0 = off)");
   if (!(options.top_p > 0.0 && options.top_p <= 1.0)) throw InputError("--top-p must be in (0, 1]");
   if (seed < 0) throw InputError("--seed must be >= 0");
+  const int64_t batch_size = cli.integer("--batch-size", 1);  // --input lines decoded together
+  if (batch_size < 1) throw InputError("--batch-size must be >= 1");
   options.seed = static_cast<uint64_t>(seed);
   const at::ScalarType dtype = model::parse_dtype(cli.value("--dtype").value_or("float32"), "--dtype");
   const int64_t threads = cli.integer("--threads", 0);  // 0: LibTorch's default (all cores)
@@ -299,23 +302,46 @@ int command_generate(const std::vector<std::string>& args) {
   }
 
   if (auto text = cli.value("--prompt-ids")) {
-    const std::vector<int32_t> prompt = parse_id_list(*text, "--prompt-ids");
-    for (int32_t id : prompt) {
-      if (id >= vocab) {
-        throw InputError("--prompt-ids: token id " + std::to_string(id) + " is outside the embedding (vocab_size " +
-                         std::to_string(vocab) + ")");
+    std::vector<std::vector<int32_t>> prompts;
+    std::stringstream lists(*text);
+    for (std::string list; std::getline(lists, list, ';');) prompts.push_back(parse_id_list(list, "--prompt-ids"));
+    if (prompts.empty()) throw InputError("--prompt-ids: give at least one token id");
+    for (const std::vector<int32_t>& prompt : prompts) {
+      for (int32_t id : prompt) {
+        if (id >= vocab) {
+          throw InputError("--prompt-ids: token id " + std::to_string(id) + " is outside the embedding (vocab_size " +
+                           std::to_string(vocab) + ")");
+        }
       }
     }
-    Timing timing;
-    std::vector<int32_t> ids = model::generate(lm, prompt, options, [&](int32_t) { timing.on_token(); });
-    std::cout << join_ids(ids) << std::endl;
-    std::cerr << timing.summary(static_cast<int64_t>(prompt.size())) << std::endl;
-    if (out_file) {
-      json line = {{"prompt_ids", prompt}, {"output_ids", ids}};
-      if (tokenizer) line["output"] = tokenizer->decode(answer_ids(ids, options));
-      out_file->write(jsonl_line(line));
-      out_file->close();
+    std::vector<std::vector<int32_t>> outputs;
+    if (prompts.size() == 1) {
+      Timing timing;
+      outputs.push_back(model::generate(lm, prompts[0], options, [&](int32_t) { timing.on_token(); }));
+      std::cerr << timing.summary(static_cast<int64_t>(prompts[0].size())) << std::endl;
+    } else {  // one batch; every sequence with the same seed, as if decoded alone
+      const auto start = std::chrono::steady_clock::now();
+      outputs = model::generate_batch(lm, prompts, options);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      int64_t prompt_tokens = 0, new_tokens = 0;
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        prompt_tokens += static_cast<int64_t>(prompts[i].size());
+        new_tokens += static_cast<int64_t>(outputs[i].size());
+      }
+      std::cerr << "[generate] batch of " << prompts.size() << " prompts (" << prompt_tokens << " prompt tokens), "
+                << new_tokens << " new tokens in " << std::fixed << std::setprecision(3) << seconds << " s ("
+                << std::setprecision(2) << new_tokens / seconds << " new tokens/s)" << std::endl;
     }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      std::cout << join_ids(outputs[i]) << "\n";
+      if (out_file) {
+        json line = {{"prompt_ids", prompts[i]}, {"output_ids", outputs[i]}};
+        if (tokenizer) line["output"] = tokenizer->decode(answer_ids(outputs[i], options));
+        out_file->write(jsonl_line(line));
+      }
+    }
+    std::cout << std::flush;
+    if (out_file) out_file->close();
     return 0;
   }
 
@@ -349,20 +375,31 @@ int command_generate(const std::vector<std::string>& args) {
   const std::vector<GenerationInput> inputs = read_generation_inputs(input_path);
   int64_t prompt_tokens = 0, new_tokens = 0;
   const auto start = std::chrono::steady_clock::now();
-  for (const GenerationInput& input : inputs) {
-    const std::vector<int32_t> prompt = generation_prompt_ids(chat_template, *tokenizer, input.messages, system);
-    std::vector<int32_t> ids = model::generate(lm, prompt, options);
-    prompt_tokens += static_cast<int64_t>(prompt.size());
-    new_tokens += static_cast<int64_t>(ids.size());
-    json line = {{"prompt", input.messages.back().content},
-                 {"output", tokenizer->decode(answer_ids(ids, options))},
-                 {"output_ids", ids}};
-    if (input.reference) line["reference"] = *input.reference;
+  for (size_t first = 0; first < inputs.size(); first += static_cast<size_t>(batch_size)) {
+    const size_t last = std::min(inputs.size(), first + static_cast<size_t>(batch_size));
+    std::vector<std::vector<int32_t>> prompts;
+    for (size_t i = first; i < last; ++i) {
+      prompts.push_back(generation_prompt_ids(chat_template, *tokenizer, inputs[i].messages, system));
+      prompt_tokens += static_cast<int64_t>(prompts.back().size());
+    }
+    const std::vector<std::vector<int32_t>> outputs = model::generate_batch(lm, prompts, options);
+    for (size_t i = first; i < last; ++i) {
+      const std::vector<int32_t>& ids = outputs[i - first];
+      new_tokens += static_cast<int64_t>(ids.size());
+      json line = {{"prompt", inputs[i].messages.back().content},
+                   {"output", tokenizer->decode(answer_ids(ids, options))},
+                   {"output_ids", ids}};
+      if (inputs[i].reference) line["reference"] = *inputs[i].reference;
+      if (out_file) {
+        out_file->write(jsonl_line(line));
+      } else {
+        std::cout << jsonl_line(line);
+      }
+    }
     if (out_file) {
-      out_file->write(jsonl_line(line));
       out_file->flush();
     } else {
-      std::cout << jsonl_line(line) << std::flush;
+      std::cout << std::flush;
     }
   }
   if (out_file) out_file->close();
