@@ -27,6 +27,8 @@ void visit_fields(Config& c, V& v) {
   v("model.gradient_checkpointing", c.model.gradient_checkpointing, "recompute layer activations in backward to save memory");
   v("model.deterministic_attention", c.model.deterministic_attention,
     "fused attention backward without atomics: bitwise reproducible dQ, costs an extra pass over the keys");
+  v("model.quantization", c.model.quantization, "none|nf4: nf4 = QLoRA, the frozen block projections stored as 4-bit NormalFloat (blocks of 64) and dequantised per call; finetune.method lora only");
+  v("model.double_quantization", c.model.double_quantization, "with nf4: quantise the per-block absmax again to 8 bits (blocks of 256, QLoRA's double quantisation)");
   v("tokenizer.path", c.tokenizer.path, "tokenizer directory (default: model.path; tokenizer.json preferred, else tokenizer.model)");
   v("data.train", c.data.train, "training JSONL file or list of files (required)");
   v("data.eval", c.data.eval, "held-out JSONL file; if absent, eval_ratio of train is held out (seeded)");
@@ -288,6 +290,10 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   one_of("data.template", c.data.chat_template, {"auto", "chatml", "llama2", "llama3", "mistral", "alpaca", "plain"});
   one_of("data.truncation", c.data.truncation, {"right", "drop"});
   one_of("finetune.method", c.finetune.method, {"lora", "freeze", "full"});
+  one_of("model.quantization", c.model.quantization, {"none", "nf4"});
+  check(c.model.quantization != "nf4" || c.finetune.method == "lora",
+        "model.quantization nf4 needs finetune.method lora (got " + c.finetune.method +
+            "): a 4-bit base cannot be trained, only adapted");
   one_of("train.scheduler", c.train.scheduler, {"cosine", "linear", "constant"});
   one_of("train.device", c.train.device, {"auto", "cpu", "cuda"});
   one_of("train.mixed_precision", c.train.mixed_precision, {"auto", "none", "bf16"});
@@ -312,6 +318,8 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   check(!(lora.dora && (lora.init == "pissa" || lora.init == "olora")),
         "finetune.lora.dora with finetune.lora.init " + lora.init +
             " is not implemented (the magnitude would be taken over the residual weight)");
+  check(!(c.model.quantization == "nf4" && (lora.init == "pissa" || lora.init == "olora")),
+        "finetune.lora.init " + lora.init + " with model.quantization nf4 is not implemented (the residual base would be re-quantised)");
   check(!(lora.init_from && lora.init != "default"),
         "finetune.lora.init " + lora.init + " cannot be combined with finetune.lora.init_from (the adapter is loaded)");
   const FreezeOptions& freeze = c.finetune.freeze;

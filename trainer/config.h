@@ -18,6 +18,8 @@ struct ModelOptions {
   std::vector<std::string> fused_ops{"auto"};  // auto | none | list of rmsnorm, rope, swiglu, linear_ce
   bool gradient_checkpointing = false;
   bool deterministic_attention = false;  // fused attention's deterministic backward (kernels/README.md)
+  std::string quantization = "none";     // none|nf4: QLoRA's 4-bit base (model/quantize.h); LoRA only
+  bool double_quantization = true;       // nf4: quantise the absmax constants again (bitsandbytes compress_statistics)
 };
 
 struct LoraOptions {
