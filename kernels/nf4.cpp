@@ -97,11 +97,14 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
     const int64_t tile_rows = ctx->saved_data["tile_rows"].toInt();
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const at::Tensor& dy = grads[0];  // [..., rows]
+    // One tile: dy W exactly as a dense matmul. Several: the partial products are summed in fp32, so a
+    // bf16 gradient is rounded once, not once per tile.
     at::Tensor dx;
     for (int64_t r0 = 0; r0 < w.rows; r0 += tile_rows) {
       const int64_t n = std::min(tile_rows, w.rows - r0);
       at::Tensor part = at::matmul(dy.narrow(-1, r0, n), nf4_dequantize(w, dy.scalar_type(), r0, n));  // [..., cols]
-      dx = dx.defined() ? dx.add_(part) : part;
+      if (!dx.defined()) dx = n == w.rows ? part : part.to(at::kFloat);
+      else dx.add_(part);
     }
     return {dx.to(x_dtype), at::Tensor(), at::Tensor()};
   }
