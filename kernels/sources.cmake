@@ -9,12 +9,15 @@ set(SFT_KERNEL_SOURCES
 list(APPEND SFT_KERNEL_SOURCES kernels/cached_attention.cpp)
 # Fused RMSNorm / SwiGLU / rotary / linear cross-entropy: binding + CPU twins (kernels/fused_ops.h).
 list(APPEND SFT_KERNEL_SOURCES kernels/fused_ops.cpp kernels/cpu/fused_ops_cpu.cpp)
+# NF4 (QLoRA) dequantisation + x W^T: binding + CPU twin (kernels/nf4.h).
+list(APPEND SFT_KERNEL_SOURCES kernels/nf4.cpp kernels/cpu/nf4_cpu.cpp)
 # Device code + torch-free launchers (compiled only when nvcc is found; SFT_WITH_CUDA is then defined).
 set(SFT_KERNEL_CUDA_SOURCES
   kernels/attention_fwd.cu
   kernels/attention_bwd.cu
 )
 list(APPEND SFT_KERNEL_CUDA_SOURCES kernels/rmsnorm.cu kernels/swiglu.cu kernels/rope.cu kernels/linear_ce.cu)
+list(APPEND SFT_KERNEL_CUDA_SOURCES kernels/nf4.cu)
 # CUDA build checks (ptxas spills / stack frames / shared memory, tensor-core SASS), for CTest:
 #   if(SFT_CUDA)
 #     add_test(NAME ${SFT_KERNEL_CUDA_BUILD_TEST_NAME} COMMAND ${SFT_KERNEL_CUDA_BUILD_TEST_COMMAND})
@@ -27,3 +30,5 @@ set(SFT_KERNEL_CUDA_BUILD_TEST_COMMAND
 set_source_files_properties(kernels/cpu/attention_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3")
 # The fused-op CPU twins: `omp simd` loops (vectorised without -ffast-math).
 set_source_files_properties(kernels/cpu/fused_ops_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3;-fopenmp-simd")
+# NF4 dequantisation: vectorised table lookups; no FMA contraction, so it rounds as bitsandbytes does.
+set_source_files_properties(kernels/cpu/nf4_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3;-fopenmp-simd;-ffp-contract=off")

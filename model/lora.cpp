@@ -8,18 +8,31 @@
 
 #include "common/errors.h"
 #include "model/lora_init.h"
+#include "model/quantize.h"
 
 namespace sft::model {
 
 LoraProjectionImpl::LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale_, double dropout_,
                                        bool dora)
     : ProjectionImpl(base), scale(scale_), dropout(dropout_) {
-  const auto options = torch::nn::LinearOptions(in_features(), rank).bias(false);
-  lora_A = register_module("lora_A", torch::nn::Linear(options));
-  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(rank, out_features()).bias(false)));
+  int64_t in = in_features(), out = out_features();
+  at::TensorOptions options = weight.options();
+  if (const auto* nf4 = dynamic_cast<const Nf4ProjectionImpl*>(&base)) {  // QLoRA: keep the quantised base
+    quantized_base = std::make_shared<Nf4ProjectionImpl>(*nf4);
+    in = nf4->in_features();
+    out = nf4->out_features();
+    options = options.dtype(nf4->compute_dtype);
+    register_buffer("weight_absmax", nf4->nf4.absmax);  // the same tensors, so module->to() moves them too
+    if (nf4->nf4.double_quant()) {
+      register_buffer("weight_nested_absmax", nf4->nf4.nested_absmax);
+      register_buffer("weight_nested_quant_map", nf4->nf4.nested_code);
+    }
+  }
+  lora_A = register_module("lora_A", torch::nn::Linear(torch::nn::LinearOptions(in, rank).bias(false)));
+  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(rank, out).bias(false)));
   torch::NoGradGuard no_grad;
-  lora_A->weight.set_data(lora_A->weight.to(weight.options()));
-  lora_B->weight.set_data(lora_B->weight.to(weight.options()));
+  lora_A->weight.set_data(lora_A->weight.to(options));
+  lora_B->weight.set_data(lora_B->weight.to(options));
   torch::nn::init::kaiming_uniform_(lora_A->weight, std::sqrt(5.0));
   lora_B->weight.zero_();
   if (dora) {
@@ -27,8 +40,14 @@ LoraProjectionImpl::LoraProjectionImpl(const ProjectionImpl& base, int64_t rank,
   }
 }
 
+at::Tensor LoraProjectionImpl::base_forward(const at::Tensor& x) {
+  return quantized_base ? quantized_base->forward(x) : ProjectionImpl::forward(x);
+}
+
+at::Tensor LoraProjectionImpl::base_weight() const { return quantized_base ? quantized_base->dense_weight() : weight; }
+
 at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) {
-  at::Tensor result = ProjectionImpl::forward(x);
+  at::Tensor result = base_forward(x);
   at::Tensor lora_input = x.to(lora_A->weight.scalar_type());
   if (dropout > 0 && is_training()) lora_input = at::dropout(lora_input, dropout, /*train=*/true);
   at::Tensor lora_result = lora_B->forward(lora_A->forward(lora_input)) * scale;
@@ -37,7 +56,8 @@ at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) {
   // the dropped-out input (then base(x') is recomputed) or x itself (then base(x) = result - bias).
   const at::Tensor mag_norm_scale = lora_magnitude_vector / dora_weight_norm();  // [out]; the norm is detached
   const bool dropped = dropout > 0 && is_training();
-  at::Tensor base_result = dropped ? at::linear(lora_input, weight.to(lora_input.scalar_type()))
+  at::Tensor base_result = dropped ? (quantized_base ? kernels::nf4_linear(lora_input, quantized_base->nf4)
+                                                    : at::linear(lora_input, weight.to(lora_input.scalar_type())))
                                    : (bias.defined() ? result - bias : result).to(lora_input.scalar_type());
   at::Tensor dora_result = (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result;
   return result + dora_result.to(result.scalar_type());
@@ -49,13 +69,13 @@ at::Tensor LoraProjectionImpl::delta_weight() const {
 
 at::Tensor LoraProjectionImpl::dora_weight_norm() const {
   at::NoGradGuard no_grad;
-  const at::Tensor adapted = weight.to(at::kFloat) + delta_weight().to(at::kFloat);  // [out, in]
+  const at::Tensor adapted = base_weight().to(at::kFloat) + delta_weight().to(at::kFloat);  // [out, in]
   return at::linalg_vector_norm(adapted, 2, /*dim=*/{1});
 }
 
 at::Tensor LoraProjectionImpl::merged_weight() const {
   at::NoGradGuard no_grad;
-  at::Tensor adapted = weight.to(at::kFloat) + delta_weight().to(at::kFloat);  // [out, in]
+  at::Tensor adapted = base_weight().to(at::kFloat) + delta_weight().to(at::kFloat);  // [out, in]
   if (!is_dora()) return adapted;
   // PEFT's merge: dora_factor = m / ||W + dW|| per output row, W' = dora_factor * (W + dW).
   return (lora_magnitude_vector.to(at::kFloat) / at::linalg_vector_norm(adapted, 2, {1})).unsqueeze(1) * adapted;
@@ -64,29 +84,6 @@ at::Tensor LoraProjectionImpl::merged_weight() const {
 double lora_scale(const LoraSpec& spec) {
   return spec.rslora ? spec.alpha / std::sqrt(static_cast<double>(spec.rank)) : spec.alpha / spec.rank;
 }
-
-namespace {
-
-// Calls fn(path, parent module, child name, projection holder) for every projection in the blocks.
-template <class Fn>
-void for_each_block_projection(CausalLM& model, Fn&& fn) {
-  int64_t index = 0;
-  for (const auto& module : *model->model->layers) {
-    auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(module);
-    const std::string prefix = "model.layers." + std::to_string(index++) + ".";
-    AttentionImpl& attn = *layer->self_attn;
-    MLPImpl& mlp = *layer->mlp;
-    fn(prefix + "self_attn", attn, "q_proj", attn.q_proj);
-    fn(prefix + "self_attn", attn, "k_proj", attn.k_proj);
-    fn(prefix + "self_attn", attn, "v_proj", attn.v_proj);
-    fn(prefix + "self_attn", attn, "o_proj", attn.o_proj);
-    fn(prefix + "mlp", mlp, "gate_proj", mlp.gate_proj);
-    fn(prefix + "mlp", mlp, "up_proj", mlp.up_proj);
-    fn(prefix + "mlp", mlp, "down_proj", mlp.down_proj);
-  }
-}
-
-}  // namespace
 
 std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec) {
   for (auto& param : model->parameters()) param.set_requires_grad(false);
@@ -99,6 +96,10 @@ std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec) {
     if (!all && !targets.count(name)) return;
     if (std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr())) return;  // already adapted
     auto lora = std::make_shared<LoraProjectionImpl>(*holder, spec.rank, scale, spec.dropout, spec.dora);
+    if (lora->is_quantized() && init_mutates_base(spec.init)) {
+      throw InputError("finetune.lora.init " + spec.init + " is not implemented with model.quantization nf4 (" +
+                       parent_path + "." + name + ": the residual base would have to be re-quantised)");
+    }
     init_lora_weights(*lora, spec.init, parent_path + "." + name);
     if (spec.dora && spec.init != "default") lora->lora_magnitude_vector.set_data(lora->dora_weight_norm().to(lora->lora_A->weight.options()));
     parent.replace_module(name, lora);
@@ -119,10 +120,14 @@ std::map<std::string, std::shared_ptr<LoraProjectionImpl>> lora_modules(CausalLM
 
 void merge_lora(CausalLM& model) {
   torch::NoGradGuard no_grad;
-  for_each_block_projection(model, [&](const std::string&, torch::nn::Module& parent, const std::string& name,
-                                       Projection& holder) {
+  for_each_block_projection(model, [&](const std::string& parent_path, torch::nn::Module& parent,
+                                       const std::string& name, Projection& holder) {
     auto lora = std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr());
     if (!lora) return;
+    if (lora->is_quantized()) {
+      throw std::logic_error("merge_lora: " + parent_path + "." + name +
+                             " has a 4-bit base; merge into the unquantised weights (sft merge --model DIR)");
+    }
     // Add in fp32 then round once, so bf16 bases lose no more than one rounding.
     lora->weight.copy_(lora->merged_weight().to(lora->weight.scalar_type()));
     auto plain = std::make_shared<ProjectionImpl>(static_cast<const ProjectionImpl&>(*lora));

@@ -6,6 +6,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,15 +14,23 @@
 
 namespace sft::model {
 
+class Nf4ProjectionImpl;  // model/quantize.h
+
 // LoRA: base(x) + scale * B(A(dropout(x))). A: [r, in] (Kaiming-uniform, a = sqrt(5), as PEFT), B: [out, r] = 0,
 // so the adapted model equals the base model at step 0.
 // DoRA (PEFT use_dora): the weight is m * (W + scale*B@A) / ||W + scale*B@A||, the norm taken per output row
 // (PEFT's get_weight_norm: linalg.norm(W + dW, dim=1)) and detached from the gradient, m: [out] trainable,
 // initialised to that norm so step 0 equals the base model. The bias is not scaled.
+// QLoRA: when `base` is an Nf4Projection (model/quantize.h) the base part runs through its NF4 weight
+// (dequantised per call) and `weight` is its packed codes; base_weight() gives the dequantised W.
 class LoraProjectionImpl : public ProjectionImpl {
  public:
   LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale, double dropout, bool dora = false);
   at::Tensor forward(const at::Tensor& x) override;
+  // The frozen base: x W^T + b (QLoRA: through the NF4 weight), and W [out, in] in the base dtype.
+  at::Tensor base_forward(const at::Tensor& x);
+  at::Tensor base_weight() const;
+  bool is_quantized() const { return quantized_base != nullptr; }
   // The dense update scale * B @ A: [out, in].
   at::Tensor delta_weight() const;
   // DoRA: ||W + scale * B @ A|| per output row, fp32 [out], computed without gradient.
@@ -35,6 +44,7 @@ class LoraProjectionImpl : public ProjectionImpl {
   // PiSSA/OLoRA only (model/lora_init.h): the adapter as initialised, fp32 [r, in] / [out, r], not trained and
   // not registered; the export turns the trained adapter into one for the original base with them.
   at::Tensor initial_A, initial_B;
+  std::shared_ptr<Nf4ProjectionImpl> quantized_base;  // QLoRA only; shares `weight`, `bias` and the buffers
   double scale;
   double dropout;
 };
@@ -52,6 +62,26 @@ struct LoraSpec {
 
 double lora_scale(const LoraSpec& spec);  // alpha / r, or alpha / sqrt(r) with rslora
 
+// Calls fn(parent module path, parent module, child name, projection holder) for every projection in the
+// blocks (q, k, v, o, gate, up, down of every layer), in layer order.
+template <class Fn>
+void for_each_block_projection(CausalLM& model, Fn&& fn) {
+  int64_t index = 0;
+  for (const auto& module : *model->model->layers) {
+    auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(module);
+    const std::string prefix = "model.layers." + std::to_string(index++) + ".";
+    AttentionImpl& attn = *layer->self_attn;
+    MLPImpl& mlp = *layer->mlp;
+    fn(prefix + "self_attn", attn, "q_proj", attn.q_proj);
+    fn(prefix + "self_attn", attn, "k_proj", attn.k_proj);
+    fn(prefix + "self_attn", attn, "v_proj", attn.v_proj);
+    fn(prefix + "self_attn", attn, "o_proj", attn.o_proj);
+    fn(prefix + "mlp", mlp, "gate_proj", mlp.gate_proj);
+    fn(prefix + "mlp", mlp, "up_proj", mlp.up_proj);
+    fn(prefix + "mlp", mlp, "down_proj", mlp.down_proj);
+  }
+}
+
 // Replaces every targeted projection in every layer; freezes all base parameters. A is initialised from
 // the current default generator (seed it first), then re-initialised per spec.init (PiSSA/OLoRA change the
 // base weights too); DoRA magnitudes are set after that, from the initialised W + scale * B @ A. Returns the adapted module paths
@@ -62,6 +92,8 @@ std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec);
 std::map<std::string, std::shared_ptr<LoraProjectionImpl>> lora_modules(CausalLM& model);
 
 // W += scale * B @ A for every adapter (DoRA: W = m * (W + scale * B @ A) / ||W + scale * B @ A||), then swaps plain projections back in (LoRA params disappear).
+// Refuses a QLoRA model: merging into dequantised 4-bit weights is peft #2321's trap; `sft merge` loads
+// the unquantised base from the model directory instead.
 void merge_lora(CausalLM& model);
 
 struct FreezeSpec {

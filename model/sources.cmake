@@ -10,5 +10,6 @@ set(SFT_MODEL_SOURCES
   model/kv_cache.cpp
   model/lora.cpp
   model/lora_init.cpp
+  model/quantize.cpp
 )
 list(APPEND SFT_MODEL_SOURCES model/generate.cpp)  # KV-cache decoding

@@ -29,6 +29,8 @@ void visit_fields(Config& c, V& v) {
   v("model.gradient_checkpointing", c.model.gradient_checkpointing, "recompute layer activations in backward to save memory");
   v("model.deterministic_attention", c.model.deterministic_attention,
     "fused attention backward without atomics: bitwise reproducible dQ, costs an extra pass over the keys");
+  v("model.quantization", c.model.quantization, "nf4 = QLoRA, the frozen block projections stored as 4-bit NormalFloat (blocks of 64) and dequantised per call; finetune.method lora only");
+  v("model.double_quantization", c.model.double_quantization, "with nf4: quantise the per-block absmax again to 8 bits (blocks of 256, QLoRA's double quantisation)");
   v("tokenizer.path", c.tokenizer.path, "tokenizer directory (default: model.path; tokenizer.json preferred, else tokenizer.model)");
   v("data.train", c.data.train, "training JSONL file or list of files (required)");
   v("data.eval", c.data.eval, "held-out JSONL file; if absent, eval_ratio of train is held out (seeded)");
@@ -288,6 +290,9 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   // Names of the choices (enums) were checked as they were parsed; here: the rules between keys.
   check(!c.model.path.empty(), "model.path is required");
   for (const std::string& problem : data::data_option_problems(c.data)) problems.push_back(label + ": " + problem);
+  check(c.model.quantization != Quantization::kNf4 || c.finetune.method == FinetuneMethod::kLora,
+        "model.quantization nf4 needs finetune.method lora (got " + std::string(enum_name(c.finetune.method)) +
+            "): a 4-bit base cannot be trained, only adapted");
   check(c.train.mixed_precision != MixedPrecision::kBf16 || c.model.dtype != model::DtypeChoice::kFloat16,
         "train.mixed_precision bf16 needs model.dtype auto, bfloat16 or float32 (not float16)");
   const LoraOptions& lora = c.finetune.lora;
@@ -305,6 +310,9 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   check(!(lora.dora && (lora.init == LoraInit::kPissa || lora.init == LoraInit::kOlora)),
         "finetune.lora.dora with finetune.lora.init " + std::string(enum_name(lora.init)) +
             " is not implemented (the magnitude would be taken over the residual weight)");
+  check(!(c.model.quantization == Quantization::kNf4 && (lora.init == LoraInit::kPissa || lora.init == LoraInit::kOlora)),
+        "finetune.lora.init " + std::string(enum_name(lora.init)) +
+            " with model.quantization nf4 is not implemented (the residual base would be re-quantised)");
   check(!(lora.init_from && lora.init != LoraInit::kDefault),
         "finetune.lora.init " + std::string(enum_name(lora.init)) + " cannot be combined with finetune.lora.init_from (the adapter is loaded)");
   const FreezeOptions& freeze = c.finetune.freeze;

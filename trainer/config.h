@@ -23,6 +23,7 @@ enum class LoraInit { kDefault, kGaussian, kPissa, kOlora };  // PEFT init_lora_
 enum class DeviceChoice { kAuto, kCpu, kCuda };
 enum class MixedPrecision { kAuto, kNone, kBf16 };  // auto: bf16 on CUDA, none on CPU
 enum class DistBackend { kAuto, kGloo, kNccl };     // auto: NCCL on CUDA, Gloo on CPU
+enum class Quantization { kNone, kNf4 };            // model.quantization: nf4 = QLoRA's 4-bit base
 
 struct ModelOptions {
   std::string path;                    // HF model dir (required)
@@ -31,6 +32,8 @@ struct ModelOptions {
   kernels::FusedOpsChoice fused_ops;   // auto | none | list of rmsnorm, rope, swiglu, linear_ce
   bool gradient_checkpointing = false;
   bool deterministic_attention = false;  // fused attention's deterministic backward (kernels/README.md)
+  Quantization quantization = Quantization::kNone;  // QLoRA's 4-bit base (model/quantize.h); LoRA only
+  bool double_quantization = true;       // nf4: quantise the absmax constants again (bitsandbytes compress_statistics)
 };
 
 struct LoraOptions {
@@ -160,6 +163,12 @@ struct EnumNames<MixedPrecision> {
   static constexpr std::array<std::pair<MixedPrecision, const char*>, 3> entries{
       {{MixedPrecision::kAuto, "auto"}, {MixedPrecision::kNone, "none"}, {MixedPrecision::kBf16, "bf16"}}};
 };
+template <>
+struct EnumNames<Quantization> {
+  static constexpr std::array<std::pair<Quantization, const char*>, 2> entries{
+      {{Quantization::kNone, "none"}, {Quantization::kNf4, "nf4"}}};
+};
+
 template <>
 struct EnumNames<DistBackend> {
   static constexpr std::array<std::pair<DistBackend, const char*>, 3> entries{

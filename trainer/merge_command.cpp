@@ -2,6 +2,9 @@
 // The merge runs in float32 (W + scale * B @ A; DoRA: m * (W + scale * B @ A) / ||W + scale * B @ A|| per output
 // row, as PEFT's merge) and casts once at the end, so a bfloat16 output rounds each weight once, as PEFT's
 // merge_and_unload on an fp32 model followed by .to(bfloat16) does.
+// A QLoRA run's adapter (model.quantization nf4) is an ordinary PEFT adapter and merges the same way: into
+// the unquantised weights read from --model, never into dequantised 4-bit weights (peft #2321,
+// unsloth-zoo #810), so the merged model is W + scale * B @ A with the original W.
 #include "trainer/merge_command.h"
 
 #include <torch/torch.h>

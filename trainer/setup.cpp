@@ -12,6 +12,7 @@
 #include "common/errors.h"
 #include "data/tokenized.h"
 #include "model/config.h"
+#include "model/quantize.h"
 #include "model/weights.h"
 #include "trainer/export.h"
 
@@ -113,16 +114,28 @@ std::string TrainableSummary::describe() const {
 TrainableSummary count_parameters(model::CausalLM& lm) {
   TrainableSummary summary;
   for (const auto& p : lm->parameters()) {
-    summary.total += p.numel();
+    // An NF4 weight (model/quantize.h) is uint8 with two parameters per byte; counted as PEFT's
+    // print_trainable_parameters counts bitsandbytes' Params4bit.
+    summary.total += p.scalar_type() == at::kByte ? 2 * p.numel() : p.numel();
     if (p.requires_grad()) summary.trainable += p.numel();
   }
   return summary;
+}
+
+void apply_quantization(model::CausalLM& lm, const Config& config) {
+  if (config.model.quantization == Quantization::kNone) return;
+  if (config.finetune.method != FinetuneMethod::kLora) {  // parse_config refuses this too; setup is also reached from eval
+    throw InputError("model.quantization " + std::string(enum_name(config.model.quantization)) +
+                     " needs finetune.method lora (got " + enum_name(config.finetune.method) + ")");
+  }
+  model::quantize_model_nf4(lm, model::QuantizationSpec{config.model.double_quantization});
 }
 
 TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config) {
   // model.fused_ops first: the op choice is part of the model the method transforms (auto depends on the device).
   lm->set_fused_ops(kernels::resolve_fused_ops(config.model.fused_ops, lm->output_weight().device().type()));
   const FinetuneMethod method = config.finetune.method;
+  apply_quantization(lm, config);
   if (method == FinetuneMethod::kLora) {
     model::LoraSpec spec = lora_spec_from(config);
     model::apply_lora(lm, spec);

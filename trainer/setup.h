@@ -64,7 +64,10 @@ struct TrainableSummary {
   std::string describe() const;  // "trainable params: 1,234 / 56,789 (2.17%)"
 };
 
-// Applies model.fused_ops, then finetune.method, to a loaded model (seeded: LoRA A init draws from the default generator).
+// model.quantization nf4: quantises every block projection to NF4 (model/quantize.h); none: nothing.
+void apply_quantization(model::CausalLM& model, const Config& config);
+
+// Applies model.fused_ops, then model.quantization, then finetune.method, to a loaded model (seeded: LoRA A init draws from the default generator).
 // LoRA with finetune.lora.init_from loads that adapter instead of a fresh init. Trainable parameters
 // become fp32 master weights (LoRA adapters always; every trainable parameter with mixed precision);
 // frozen ones keep the compute dtype.

@@ -1,0 +1,143 @@
+// model/quantize.cpp: NF4 quantisation of a tensor (bitsandbytes' arithmetic, in ATen ops, on the
+// tensor's device), the Nf4Projection module, and the model transform that swaps block projections for it.
+#include "model/quantize.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <typeinfo>
+
+#include "kernels/nf4_params.h"
+#include "model/lora.h"
+
+namespace sft::model {
+namespace {
+
+// Per-block absmax of a flat fp32 tensor and each element scaled into [-1, 1] (bitsandbytes:
+// clamp(A * (1 / absmax.clamp(min=1e-38)), -1, 1); its `1.0 / t` is reciprocal(t) * 1.0). A last partial
+// block is zero-padded, which changes neither its absmax nor its elements.
+std::pair<at::Tensor, at::Tensor> blockwise_scale(const at::Tensor& flat, int64_t blocksize) {
+  const int64_t n = flat.numel(), blocks = (n + blocksize - 1) / blocksize;
+  at::Tensor padded = at::constant_pad_nd(flat, {0, blocks * blocksize - n}).view({blocks, blocksize});
+  at::Tensor absmax = std::get<0>(padded.abs().max(/*dim=*/-1));  // fp32 [blocks]
+  at::Tensor scaled = at::clamp(padded * at::reciprocal(absmax.clamp_min(1e-38)).mul(1.0).view({-1, 1}), -1, 1);
+  return {absmax, scaled.view({-1}).narrow(0, 0, n)};
+}
+
+// Index of the nearest code (sorted fp32 `code`), ties to the lower one: bucketize over the midpoints.
+at::Tensor nearest_code(const at::Tensor& scaled, const at::Tensor& code) {
+  const int64_t k = code.numel();
+  at::Tensor bounds = (code.narrow(0, 0, k - 1) + code.narrow(0, 1, k - 1)) / 2;
+  return at::bucketize(scaled, bounds, /*out_int32=*/true).to(at::kByte);
+}
+
+}  // namespace
+
+at::Tensor nf4_nested_code() {
+  // bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for i in 0..6,
+  // 2^i + 1 fp32 linspace(0.1, 1) boundaries, their fp32 midpoints times +-10^(i-6); then 0 and 1; sorted.
+  std::vector<float> data;
+  for (int i = 0; i < 7; ++i) {
+    at::Tensor b = at::linspace(0.1, 1, (int64_t{1} << i) + 1, at::TensorOptions(at::kFloat));
+    at::Tensor means = (b.narrow(0, 0, b.numel() - 1) + b.narrow(0, 1, b.numel() - 1)) / 2.0;
+    const double scale = std::pow(10.0, -6 + i);  // Python's 10 ** (-(7 - 1) + i)
+    for (const double sign : {1.0, -1.0}) {
+      at::Tensor part = (means * (sign * scale)).contiguous();
+      data.insert(data.end(), part.data_ptr<float>(), part.data_ptr<float>() + part.numel());
+    }
+  }
+  data.push_back(0.f);
+  data.push_back(1.f);
+  std::sort(data.begin(), data.end());
+  return at::tensor(data, at::TensorOptions(at::kFloat));
+}
+
+kernels::Nf4Tensors quantize_nf4(const at::Tensor& weight, bool double_quant, int64_t blocksize) {
+  TORCH_CHECK(weight.dim() == 2, "quantize_nf4: expected a [rows, cols] weight, got ", weight.sizes());
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "quantize_nf4: weight must be floating point");
+  torch::NoGradGuard no_grad;
+  kernels::Nf4Tensors q;
+  q.rows = weight.size(0);
+  q.cols = weight.size(1);
+  q.blocksize = blocksize;
+  auto [absmax, scaled] = blockwise_scale(weight.detach().reshape({-1}).to(at::kFloat), blocksize);
+  const at::Tensor code = at::from_blob(const_cast<float*>(kernels::kNf4Code), {16}, at::kFloat).to(weight.device(), /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor codes = nearest_code(scaled, code);
+  if (codes.numel() % 2) codes = at::cat({codes, nearest_code(at::zeros({1}, scaled.options()), code)});
+  codes = codes.view({-1, 2});
+  q.codes = (codes.select(1, 0).bitwise_left_shift(4).bitwise_or(codes.select(1, 1))).contiguous().view({-1, 1});
+  if (!double_quant) {
+    q.absmax = absmax.contiguous();
+    return q;
+  }
+  const at::Tensor offset = absmax.mean();
+  q.nested_offset = offset.item<float>();
+  auto [nested_absmax, nested_scaled] = blockwise_scale(absmax - offset, kernels::kNf4NestedBlockSize);
+  q.nested_code = nf4_nested_code().to(weight.device());
+  q.absmax = nearest_code(nested_scaled, q.nested_code).contiguous();
+  q.nested_absmax = nested_absmax.contiguous();
+  return q;
+}
+
+Nf4ProjectionImpl::Nf4ProjectionImpl(const ProjectionImpl& dense, bool double_quant)
+    : ProjectionImpl(dense), compute_dtype(dense.weight.scalar_type()) {
+  nf4 = quantize_nf4(dense.weight, double_quant);
+  // `weight` (shared with `dense`, which the transform drops) now holds the packed codes: the dense
+  // storage is freed once the old module is gone.
+  weight.set_requires_grad(false);
+  weight.set_data(nf4.codes);
+  nf4.codes = weight;
+  if (bias.defined()) bias.set_requires_grad(false);
+  register_quant_buffers();
+}
+
+Nf4ProjectionImpl::Nf4ProjectionImpl(const Nf4ProjectionImpl& other)
+    : ProjectionImpl(other), nf4(other.nf4), compute_dtype(other.compute_dtype) {
+  register_quant_buffers();
+}
+
+void Nf4ProjectionImpl::register_quant_buffers() {
+  register_buffer("weight_absmax", nf4.absmax);
+  if (nf4.double_quant()) {
+    register_buffer("weight_nested_absmax", nf4.nested_absmax);
+    register_buffer("weight_nested_quant_map", nf4.nested_code);
+  }
+}
+
+at::Tensor Nf4ProjectionImpl::forward(const at::Tensor& x) {
+  at::Tensor y = kernels::nf4_linear(x, nf4);
+  return bias.defined() ? y + bias : y;
+}
+
+at::Tensor Nf4ProjectionImpl::dense_weight() const { return kernels::nf4_dequantize(nf4, compute_dtype); }
+
+std::vector<std::string> quantize_model_nf4(CausalLM& model, const QuantizationSpec& spec) {
+  std::vector<std::string> quantized;
+  for_each_block_projection(model, [&](const std::string& parent_path, torch::nn::Module& parent,
+                                       const std::string& name, Projection& holder) {
+    if (std::dynamic_pointer_cast<Nf4ProjectionImpl>(holder.ptr())) return;
+    TORCH_CHECK(typeid(*holder) == typeid(ProjectionImpl), "quantize_model_nf4: ", parent_path, ".", name,
+                " is already transformed (quantise before applying LoRA)");
+    auto q = std::make_shared<Nf4ProjectionImpl>(*holder, spec.double_quant);
+    parent.replace_module(name, q);
+    holder = Projection(std::static_pointer_cast<ProjectionImpl>(q));
+    quantized.push_back(parent_path + "." + name);
+  });
+  return quantized;
+}
+
+QuantizationSummary quantization_summary(CausalLM& model) {
+  QuantizationSummary s;
+  for_each_block_projection(model, [&](const std::string&, torch::nn::Module&, const std::string&, Projection& holder) {
+    const Nf4ProjectionImpl* q = dynamic_cast<const Nf4ProjectionImpl*>(holder.get());
+    if (const auto* lora = dynamic_cast<const LoraProjectionImpl*>(holder.get())) q = lora->quantized_base.get();
+    if (!q) return;
+    ++s.modules;
+    s.quantized_bytes += q->nf4.storage_bytes();
+    s.dense_bytes += q->nf4.numel() * static_cast<int64_t>(c10::elementSize(q->compute_dtype));
+  });
+  return s;
+}
+
+}  // namespace sft::model
