@@ -26,6 +26,7 @@ struct DataOptions {
   bool mask_history = false;
   bool skip_invalid = false;
   int64_t max_invalid = 0;
+  std::string direction = "forward";         // forward|reverse (reverse: each response becomes the prompt)
 };
 
 }  // namespace sft::data

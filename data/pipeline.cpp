@@ -25,6 +25,9 @@ void validate_options(const DataOptions& o) {
     throw InputError("data.eval_ratio must be in [0, 1) (got " + std::to_string(o.eval_ratio) + ")");
   }
   if (o.max_invalid < 0) throw InputError("data.max_invalid must be >= 0");
+  if (o.direction != "forward" && o.direction != "reverse") {
+    throw InputError("data.direction: expected forward or reverse (got \"" + o.direction + "\")");
+  }
 }
 
 // Reads files into `out`, recording per-file stats and enforcing max_invalid across all files read.
@@ -52,7 +55,10 @@ void read_files(const std::vector<std::string>& paths, const char* split, const 
       throw InputError("data.max_invalid=" + std::to_string(o.max_invalid) + " exceeded: " +
                        std::to_string(report.invalid_total) + " invalid lines (" + reasons + "); first: " + first_invalid);
     }
-    for (Conversation& c : r.conversations) out.push_back(std::move(c));
+    for (Conversation& c : r.conversations) {
+      if (o.direction == "reverse") reverse_direction(c);
+      out.push_back(std::move(c));
+    }
   }
 }
 
@@ -98,6 +104,13 @@ void check_template_tokens(const ChatTemplate& t, const Tokenizer& tokenizer, Da
 }
 
 }  // namespace
+
+void reverse_direction(Conversation& conversation) {
+  std::vector<Message>& m = conversation.messages;
+  for (size_t i = 0; i + 1 < m.size(); ++i) {
+    if (m[i].role == Role::kUser && m[i + 1].role == Role::kAssistant) std::swap(m[i].content, m[i + 1].content);
+  }
+}
 
 std::string apply_length_policy(TokenizedExample& e, int64_t max_seq_len, const std::string& truncation,
                                 bool* truncated) {

@@ -41,6 +41,7 @@ void visit_fields(Config& c, V& v) {
   v("data.mask_history", c.data.mask_history, "multi-turn: true trains on the last assistant turn only");
   v("data.skip_invalid", c.data.skip_invalid, "false: the first malformed line is an error; true: skip and count");
   v("data.max_invalid", c.data.max_invalid, "with skip_invalid, fail when more than this many lines are bad");
+  v("data.direction", c.data.direction, "forward | reverse: swap each user turn with the answer after it, to train a backward model (response -> prompt; sft synth backtranslate)");
   v("finetune.method", c.finetune.method, "lora|freeze|full");
   v("finetune.lora.r", c.finetune.lora.r, "LoRA rank (> 0)");
   v("finetune.lora.alpha", c.finetune.lora.alpha, "LoRA alpha; scale = alpha / r (alpha / sqrt(r) with rslora)");
@@ -287,6 +288,9 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   one_of("data.format", c.data.format, {"auto", "alpaca", "prompt_response", "messages", "sharegpt", "tokenized"});
   one_of("data.template", c.data.chat_template, {"auto", "chatml", "llama2", "llama3", "mistral", "alpaca", "plain"});
   one_of("data.truncation", c.data.truncation, {"right", "drop"});
+  one_of("data.direction", c.data.direction, {"forward", "reverse"});
+  check(c.data.direction != "reverse" || c.data.format != "tokenized",
+        "data.direction reverse needs conversations: the tokenized format has no prompt and response to swap");
   one_of("finetune.method", c.finetune.method, {"lora", "freeze", "full"});
   one_of("train.scheduler", c.train.scheduler, {"cosine", "linear", "constant"});
   one_of("train.device", c.train.device, {"auto", "cpu", "cuda"});
