@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The sft synth demo: grow 20 quiz questions (the seeds) into SFT data with SmolLM2-135M-Instruct itself,
-# by Self-Instruct and then Evol-Instruct, fine-tune SmolLM2 with LoRA on what came out, and score the
+# by Self-Instruct and then Evol-Instruct (over the new instructions), fine-tune SmolLM2 with LoRA on what came out, and score the
 # quiz held-out set before and after. A 135M model writes weak instructions and answers: the mechanics
 # are the point (filters, reports, resume), and the same commands take a bigger local model.
 # At Self-Instruct's temperature 0.7 / top-p 0.5, SmolLM2 mostly repeats the templated quiz seeds
@@ -27,9 +27,8 @@ echo "== self-instruct: $NUM new instructions from 20 quiz seeds =="
 $SFT synth self-instruct --model "$MODEL" --seeds "$OUT/seeds.jsonl" --num "$NUM" --out "$OUT/self_instruct.jsonl" \
   --seed 1 --batch 4 --per-prompt 6 --max-new-tokens 100 --response-max-new-tokens 64 --keep-truncated \
   --temperature 1.0 --top-p 0.95 --threads "$THREADS" --resume
-echo "== evol: $ROUNDS round(s) over the seeds and the new instructions =="
-cat "$OUT/seeds.jsonl" "$OUT/self_instruct.jsonl" > "$OUT/evol_input.jsonl"
-$SFT synth evol --model "$MODEL" --input "$OUT/evol_input.jsonl" --rounds "$ROUNDS" --out "$OUT/evol.jsonl" \
+echo "== evol: $ROUNDS round(s) over the new instructions =="
+$SFT synth evol --model "$MODEL" --input "$OUT/self_instruct.jsonl" --rounds "$ROUNDS" --out "$OUT/evol.jsonl" \
   --seed 1 --batch 4 --max-new-tokens 96 --response-max-new-tokens 96 --keep-truncated --threads "$THREADS" --resume
 
 cat "$OUT/seeds.jsonl" "$OUT/self_instruct.jsonl" "$OUT/evol.jsonl" > "$OUT/train.jsonl"
