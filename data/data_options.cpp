@@ -13,6 +13,9 @@ std::vector<std::string> data_option_problems(const DataOptions& o) {
   }
   if (o.max_seq_len < 2) problems.push_back("data.max_seq_len must be >= 2 (got " + std::to_string(o.max_seq_len) + ")");
   if (o.max_invalid < 0) problems.push_back("data.max_invalid must be >= 0 (got " + std::to_string(o.max_invalid) + ")");
+  if (o.direction == Direction::kReverse && o.format == Format::kTokenized) {
+    problems.push_back("data.direction reverse needs conversations: the tokenized format has no prompt and response to swap");
+  }
   return problems;
 }
 

@@ -31,6 +31,7 @@ enum class TemplateKind {
 
 // data.truncation: kRight cuts keeping >= 1 target token; kDrop drops over-long examples.
 enum class Truncation { kRight, kDrop };
+enum class Direction { kForward, kReverse };  // data.direction: reverse = each response becomes the prompt
 
 struct TokenizerOptions {
   std::optional<std::string> path;  // default: model.path
@@ -50,6 +51,7 @@ struct DataOptions {
   bool mask_history = false;
   bool skip_invalid = false;
   int64_t max_invalid = 0;
+  Direction direction = Direction::kForward;  // reverse: train a backward model (response -> prompt)
 };
 
 // Every problem of the options, each naming its key ("data.max_seq_len must be >= 2 (got 1)").
@@ -92,6 +94,14 @@ struct EnumNames<data::Truncation> {
   static constexpr std::array<std::pair<data::Truncation, const char*>, 2> entries{{
       {data::Truncation::kRight, "right"},
       {data::Truncation::kDrop, "drop"},
+  }};
+};
+
+template <>
+struct EnumNames<data::Direction> {
+  static constexpr std::array<std::pair<data::Direction, const char*>, 2> entries{{
+      {data::Direction::kForward, "forward"},
+      {data::Direction::kReverse, "reverse"},
   }};
 };
 

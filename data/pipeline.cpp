@@ -41,7 +41,10 @@ void read_files(const std::vector<std::string>& paths, const char* split, const 
       throw InputError("data.max_invalid=" + std::to_string(o.max_invalid) + " exceeded: " +
                        std::to_string(report.invalid_total) + " invalid lines (" + reasons + "); first: " + first_invalid);
     }
-    for (Conversation& c : r.conversations) out.push_back(std::move(c));
+    for (Conversation& c : r.conversations) {
+      if (o.direction == Direction::kReverse) reverse_direction(c);
+      out.push_back(std::move(c));
+    }
   }
 }
 
@@ -87,6 +90,13 @@ void check_template_tokens(const ChatTemplate& t, const Tokenizer& tokenizer, Da
 }
 
 }  // namespace
+
+void reverse_direction(Conversation& conversation) {
+  std::vector<Message>& m = conversation.messages;
+  for (size_t i = 0; i + 1 < m.size(); ++i) {
+    if (m[i].role == Role::kUser && m[i + 1].role == Role::kAssistant) std::swap(m[i].content, m[i + 1].content);
+  }
+}
 
 std::string apply_length_policy(TokenizedExample& e, int64_t max_seq_len, Truncation truncation,
                                 bool* truncated) {

@@ -31,6 +31,10 @@ struct PreparedData {
 PreparedData prepare_data(const DataOptions& options, const Tokenizer& tokenizer, uint64_t seed,
                           int64_t model_vocab_size, const std::filesystem::path& tokenizer_dir = {});
 
+// data.direction: reverse: every user turn and the assistant turn after it swap contents (the system
+// message stays), so the model learns to answer a response with its prompt.
+void reverse_direction(Conversation& conversation);
+
 // Applies data.truncation to one example; returns "" when kept (possibly truncated, *truncated set),
 // else the drop reason (drop_reason::*).
 std::string apply_length_policy(TokenizedExample& example, int64_t max_seq_len, Truncation truncation,

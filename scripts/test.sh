@@ -10,7 +10,8 @@ bash scripts/build.sh
 bash scripts/get_model.sh
 .venv/bin/python scripts/make_quiz_data.py
 for script in scripts/make_golden.py scripts/make_tokenizer_golden.py scripts/make_data_golden.py \
-              scripts/make_train_golden.py scripts/make_nf4_golden.py; do
+              scripts/make_train_golden.py scripts/make_nf4_golden.py \
+              scripts/make_synth_golden.py; do
   [[ -f "$script" ]] && .venv/bin/python "$script"
 done
 echo "[test] setup + build + golden: $(( $(date +%s) - start )) s"

@@ -12,6 +12,8 @@ set(SFT_PYTHON_TESTS
   tests/python/test_plot_run.py
   tests/python/test_install.py
   tests/python/test_data_files.py
+  tests/python/test_synth.py
+  tests/python/test_synth_real.py
 )
 foreach(py_test ${SFT_PYTHON_TESTS})
   get_filename_component(py_name ${py_test} NAME_WE)

@@ -10,6 +10,7 @@
 #include "common/errors.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "synth/command.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/generate_command.h"
@@ -51,6 +52,7 @@ const std::vector<CommandInfo>& command_table() {
        "decode with a KV cache (greedy by default): stream text, print ids or write JSONL"},
       {"merge", command_merge, "sft merge --model DIR --adapter DIR --out DIR [--dtype bfloat16] [--shard-size BYTES] [--force]", "fold a LoRA adapter into its base model and write an HF model directory"},
       {"launch", command_launch, launch_usage(), launch_summary()},
+      {"synth", command_synth, synth_usage(), synth_summary()},
       {"help", command_help, "sft help [command|config]", "this help; `sft help config` lists every config key"},
   };
   return table;

@@ -45,6 +45,7 @@ void visit_fields(Config& c, V& v) {
   v("data.mask_history", c.data.mask_history, "multi-turn: true trains on the last assistant turn only");
   v("data.skip_invalid", c.data.skip_invalid, "false: the first malformed line is an error; true: skip and count");
   v("data.max_invalid", c.data.max_invalid, "with skip_invalid, fail when more than this many lines are bad");
+  v("data.direction", c.data.direction, "forward | reverse: swap each user turn with the answer after it, to train a backward model (response -> prompt; sft synth backtranslate)");
   v("finetune.method", c.finetune.method, "fine-tuning method");
   v("finetune.lora.r", c.finetune.lora.r, "LoRA rank (> 0)");
   v("finetune.lora.alpha", c.finetune.lora.alpha, "LoRA alpha; scale = alpha / r (alpha / sqrt(r) with rslora)");
@@ -289,6 +290,7 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   };
   // Names of the choices (enums) were checked as they were parsed; here: the rules between keys.
   check(!c.model.path.empty(), "model.path is required");
+  v("data.direction", c.data.direction, "forward | reverse: swap each user turn with the answer after it, to train a backward model (response -> prompt; sft synth backtranslate)");
   for (const std::string& problem : data::data_option_problems(c.data)) problems.push_back(label + ": " + problem);
   check(c.model.quantization != Quantization::kNf4 || c.finetune.method == FinetuneMethod::kLora,
         "model.quantization nf4 needs finetune.method lora (got " + std::string(enum_name(c.finetune.method)) +
