@@ -399,6 +399,23 @@ TEST(CheckpointPolicy, ChangedDataIsRefusedUnlessIgnoreFingerprint) {
   EXPECT_NE(ignored.output.find("resuming from"), std::string::npos) << ignored.output;
 }
 
+// data.direction (sft synth's backward model) decides what is trained on, so resuming across a change is refused.
+TEST(CheckpointPolicy, ChangedDirectionIsAFingerprintDifference) {
+  Config config;
+  config.model.path = (train_golden() / "base").string();
+  config.data.train = {(train_golden() / "data.jsonl").string()};
+  config.data.format = data::Format::kPromptResponse;
+  const nlohmann::json forward = run_fingerprint(config);
+  config.data.direction = data::Direction::kReverse;
+  const std::vector<std::string> changes = fingerprint_differences(forward, run_fingerprint(config));
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0], "data.direction changed from 'forward' to 'reverse'");
+  nlohmann::json older = forward;  // saved before the key existed: forward
+  older.erase("data_direction");
+  config.data.direction = data::Direction::kForward;
+  EXPECT_TRUE(fingerprint_differences(older, run_fingerprint(config)).empty());
+}
+
 TEST(CheckpointPolicy, ASecondRunOnTheSameOutputDirIsRefusedWhileTheFirstRuns) {
   test::TempDir tmp;
   RunDir run = make_run(tmp.path(), base_config(tmp.path() / "out", kLora));

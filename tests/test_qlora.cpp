@@ -230,12 +230,12 @@ TEST(QLoRA, BadCombinationsExitTwoNamingTheKey) {
   }
   // Defaults, the saved YAML and `sft help config`.
   const Config defaults = parse_config("model: {path: m}\ndata: {train: x.jsonl}\n", "c.yaml", {}, "c");
-  EXPECT_EQ(defaults.model.quantization, "none");
+  EXPECT_EQ(defaults.model.quantization, Quantization::kNone);
   EXPECT_TRUE(defaults.model.double_quantization);
   const Config c = parse_config("model: {path: m, quantization: nf4, double_quantization: false}\ndata: {train: x.jsonl}\n",
                                 "c.yaml", {}, "c");
   const Config again = parse_config(config_to_yaml(c), "resolved.yaml", {}, "c");
-  EXPECT_EQ(again.model.quantization, "nf4");
+  EXPECT_EQ(again.model.quantization, Quantization::kNf4);
   EXPECT_FALSE(again.model.double_quantization);
   for (const char* key : {"model.quantization", "model.double_quantization"}) {
     EXPECT_NE(config_reference().find(key), std::string::npos) << key;

@@ -397,6 +397,7 @@ json run_fingerprint(const Config& config) {
   fp["tokenizer_files"] = tokenizer;
   fp["chat_template"] = enum_name(config.data.chat_template);
   fp["data_format"] = enum_name(config.data.format);
+  fp["data_direction"] = enum_name(config.data.direction);
   json data = json::array();
   for (const std::string& file : config.data.train) data.push_back({{"path", file}, {"sha256", sha256_file(file)}});
   fp["data_train"] = data;
@@ -418,6 +419,10 @@ std::vector<std::string> fingerprint_differences(const json& saved, const json& 
   }
   if (saved.value("data_format", std::string()) != current["data_format"].get<std::string>()) {
     out.push_back("data.format changed");
+  }
+  // A checkpoint from before data.direction existed was trained forward.
+  if (const std::string was = saved.value("data_direction", std::string("forward")); was != current["data_direction"]) {
+    out.push_back("data.direction changed from '" + was + "' to '" + current["data_direction"].get<std::string>() + "'");
   }
   const json saved_train = saved.value("data_train", json::array());
   const json& now_train = current["data_train"];

@@ -290,7 +290,6 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   };
   // Names of the choices (enums) were checked as they were parsed; here: the rules between keys.
   check(!c.model.path.empty(), "model.path is required");
-  v("data.direction", c.data.direction, "forward | reverse: swap each user turn with the answer after it, to train a backward model (response -> prompt; sft synth backtranslate)");
   for (const std::string& problem : data::data_option_problems(c.data)) problems.push_back(label + ": " + problem);
   check(c.model.quantization != Quantization::kNf4 || c.finetune.method == FinetuneMethod::kLora,
         "model.quantization nf4 needs finetune.method lora (got " + std::string(enum_name(c.finetune.method)) +

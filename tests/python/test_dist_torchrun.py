@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -212,6 +213,19 @@ def test_forced_process_group_of_one_trains_exactly_as_a_single_process(tmp_path
         assert all("comm_wait_s" in m for m in ours), name
         expect_same_losses(ours, ref, rel=0.0)
         expect_same_tensors(tmp_path / name, tmp_path / "ref")
+
+
+def test_two_processes_write_one_tensorboard_log_from_rank_0(tmp_path, golden_dir, sft_binary, procs):
+    # log.tensorboard under torchrun: only rank 0 writes (one event file), and its scalars are the global
+    # values metrics.jsonl holds (tests/python/test_tensorboard.py checks the reader side in depth).
+    from test_tensorboard import raw_tag_steps, tensorboard_scalars
+    cfg = write_config(tmp_path, golden_dir, "tb", LORA)
+    run_torchrun(procs, sft_binary, cfg, "train.grad_accum=1", "log.tensorboard=true")
+    pairs, files = raw_tag_steps(tmp_path / "tb")
+    assert len(files) == 1, files
+    assert len(pairs) == len(set(pairs))
+    losses = [(m["step"], float(np.float32(m["loss"]))) for m in metrics(tmp_path / "tb")]
+    assert len(losses) == 8 and tensorboard_scalars(tmp_path / "tb")["train/loss"] == losses
 
 
 # ---- resume across world sizes --------------------------------------------------------------------------
