@@ -465,7 +465,7 @@ AttentionCheck check_fused_against_reference(const at::Tensor& q, const at::Tens
 
 std::string fused_attention_self_check(const at::Device& device) {
   try {
-    if (device.is_cuda() && !fused_attention_has_cuda()) return "this build has no CUDA kernels";
+    if (device.is_cuda() && !cuda_kernels_built()) return "this build has no CUDA kernels";
     struct Case {
       std::vector<int32_t> lens;
       int hq, hkv, d;
@@ -501,7 +501,7 @@ std::string fused_attention_self_check(const at::Device& device) {
   }
 }
 
-bool fused_attention_has_cuda() {
+bool cuda_kernels_built() {
 #ifdef SFT_WITH_CUDA
   return true;
 #else

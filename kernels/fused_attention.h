@@ -57,9 +57,6 @@ AttentionCheck check_fused_against_reference(const at::Tensor& q, const at::Tens
 // description of the failure.
 std::string fused_attention_self_check(const at::Device& device);
 
-// True when this build contains the CUDA kernel (nvcc was present at build time).
-bool fused_attention_has_cuda();
-
 // resolve_attention_impl (kernels/ops.h, kernels/attention_choice.cpp) runs fused_attention_self_check.
 
 }  // namespace sft::kernels

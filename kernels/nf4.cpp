@@ -166,12 +166,4 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensors& w, int64_t tile_ele
   return Nf4LinearFunction::apply(x, w, tile_rows);
 }
 
-bool nf4_has_cuda() {
-#ifdef SFT_WITH_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
-
 }  // namespace sft::kernels

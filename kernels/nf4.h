@@ -33,6 +33,5 @@ at::Tensor nf4_dequantize(const Nf4Tensors& w, at::ScalarType dtype, int64_t row
 inline constexpr int64_t kNf4TileElements = int64_t{1} << 23;  // 8 Mi elements: 32 MiB in fp32
 at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensors& w, int64_t tile_elements = kNf4TileElements);
 
-bool nf4_has_cuda();  // true when this build contains the CUDA kernel
 
 }  // namespace sft::kernels

@@ -147,7 +147,7 @@ PackedSequences packed(const std::vector<int32_t>& lens, const at::Device& devic
 }
 
 void run_cuda() {
-  if (!sft::kernels::fused_attention_has_cuda()) throw std::runtime_error("this build has no CUDA kernels");
+  if (!sft::kernels::cuda_kernels_built()) throw std::runtime_error("this build has no CUDA kernels");
   if (!torch::cuda::is_available()) throw std::runtime_error("no CUDA device is available");
   const at::Device cuda(at::kCUDA, 0);
   auto randn = [&](int64_t t, int64_t h, int64_t d) { return at::randn({t, h, d}, at::kFloat).to(cuda).to(at::kBFloat16); };

@@ -25,7 +25,7 @@ namespace {
 
 // Returns a reason to skip, or "" when the GPU tests can run.
 std::string gpu_skip_reason() {
-  if (!fused_attention_has_cuda()) return "this build has no CUDA kernels (nvcc was not found at configure time)";
+  if (!cuda_kernels_built()) return "this build has no CUDA kernels (nvcc was not found at configure time)";
   if (!torch::cuda::is_available()) return "no CUDA device is available";
   return "";
 }

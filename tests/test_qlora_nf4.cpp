@@ -15,6 +15,7 @@
 #include <map>
 
 #include "kernels/nf4.h"
+#include "kernels/ops.h"
 #include "kernels/nf4_params.h"
 #include "model/quantize.h"
 #include "model/safetensors.h"
@@ -205,7 +206,7 @@ TEST(Nf4, LinearForwardAndBackwardEqualDenseMatmul) {
 }
 
 bool nf4_cuda_ready(std::string& why) {
-  if (!kernels::nf4_has_cuda()) why = "this build has no CUDA kernels";
+  if (!kernels::cuda_kernels_built()) why = "this build has no CUDA kernels";
   else if (!torch::cuda::is_available()) why = "no CUDA device";
   return why.empty();
 }
