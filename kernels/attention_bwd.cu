@@ -342,12 +342,8 @@ bool launch_attention_bwd_dkdv(const AttentionBwdParams& p, cudaStream_t stream)
     using Elem = decltype(elem);
     constexpr int D = decltype(dim)::value;
     if (p.max_seqlen <= 0 || p.num_seqs <= 0) return;
-    constexpr int smem = attention_bwd_dkdv_smem_bytes(D);
     auto kernel = p.deterministic ? attention_bwd_dkdv_kernel<Elem, D, false> : attention_bwd_dkdv_kernel<Elem, D, true>;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    const long long x = attn::folded_grid_x(attn::num_blocks(p.max_seqlen, attn::kBwdBlockN), p.num_seqs);
-    const dim3 grid(static_cast<unsigned>(x), p.num_kv_heads);
-    kernel<<<grid, attn::kThreads, smem, stream>>>(p);
+    dev::launch_folded(kernel, attention_bwd_dkdv_smem_bytes(D), attn::kBwdBlockN, p.num_kv_heads, p, stream);
   });
 }
 
@@ -357,12 +353,8 @@ bool launch_attention_bwd_dq(const AttentionBwdParams& p, cudaStream_t stream) {
     constexpr int D = decltype(dim)::value;
     if (p.deterministic) {
       if (p.max_seqlen <= 0 || p.num_seqs <= 0) return;
-      constexpr int smem = attention_bwd_dq_smem_bytes(D);
-      auto kernel = attention_bwd_dq_kernel<Elem, D>;
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      const long long x = attn::folded_grid_x(attn::num_blocks(p.max_seqlen, attn::kFwdBlockM), p.num_seqs);
-      const dim3 grid(static_cast<unsigned>(x), p.num_heads);
-      kernel<<<grid, attn::kThreads, smem, stream>>>(p);
+      dev::launch_folded(attention_bwd_dq_kernel<Elem, D>, attention_bwd_dq_smem_bytes(D), attn::kFwdBlockM, p.num_heads,
+                         p, stream);
     } else {
       const long long pairs = static_cast<long long>(p.total_tokens) * p.num_heads * (D / 2);
       if (pairs == 0) return;

@@ -140,12 +140,8 @@ __global__ void SFT_ATTN_HOT_KERNEL attention_fwd_kernel(const AttentionFwdParam
 
 template <typename Elem, int D>
 void launch_fwd_typed(const AttentionFwdParams& p, cudaStream_t stream) {
-  constexpr int smem = attention_fwd_smem_bytes(D);
-  auto kernel = attention_fwd_kernel<Elem, D>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  const long long x = attn::folded_grid_x(attn::num_blocks(p.max_seqlen, attn::kFwdBlockM), p.num_seqs);
-  const dim3 grid(static_cast<unsigned>(x), p.num_heads);
-  kernel<<<grid, attn::kThreads, smem, stream>>>(p);
+  dev::launch_folded(attention_fwd_kernel<Elem, D>, attention_fwd_smem_bytes(D), attn::kFwdBlockM, p.num_heads, p,
+                     stream);
 }
 
 }  // namespace

@@ -208,4 +208,14 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Host side: launches an attention kernel with `smem` bytes of dynamic shared memory over the folded grid
+// (blocks of `block_rows` rows of every sequence, folded into x) times `grid_y` heads.
+template <typename Params>
+inline void launch_folded(void (*kernel)(Params), int smem, int block_rows, int grid_y, const Params& p,
+                          cudaStream_t stream) {
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const long long x = attn::folded_grid_x(attn::num_blocks(p.max_seqlen, block_rows), p.num_seqs);
+  kernel<<<dim3(static_cast<unsigned>(x), grid_y), attn::kThreads, smem, stream>>>(p);
+}
+
 }  // namespace sft::kernels::dev

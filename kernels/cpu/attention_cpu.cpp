@@ -53,20 +53,43 @@ inline void axpy(Scalar* __restrict out, Scalar w, const Scalar* __restrict row,
   for (int d = 0; d < D; ++d) out[d] += w * row[d];
 }
 
+// Where a (query block, sequence, head) work item reads: the query rows [m0, m0 + rows) of the sequence, and
+// its kv head's keys/values from the sequence start. rows == 0: the block lies past the sequence's end.
+template <typename Scalar>
+struct QueryBlock {
+  SeqSpan span;
+  int m0 = 0, rows = 0, kv_head = 0;
+  long long q_stride = 0, kv_stride = 0;  // elements between tokens: Hq * D, Hkv * D
+  const Scalar *q = nullptr, *k = nullptr, *v = nullptr;
+};
+template <typename Scalar>
+QueryBlock<Scalar> query_block(const CpuAttentionArgs<Scalar>& a, int seq, int head, int m_block) {
+  const int D = a.head_dim, Hq = a.num_heads, Hkv = a.num_kv_heads;
+  QueryBlock<Scalar> b;
+  b.span = attn::seq_span(a.cu_seqlens, seq);
+  b.m0 = m_block * attn::kFwdBlockM;
+  if (b.m0 >= b.span.len) return b;
+  b.rows = std::min(attn::kFwdBlockM, b.span.len - b.m0);
+  b.kv_head = attn::kv_head_of(head, Hq / Hkv);
+  b.q_stride = static_cast<long long>(Hq) * D;
+  b.kv_stride = static_cast<long long>(Hkv) * D;
+  b.q = a.q + attn::token_offset(b.span.begin + b.m0, head, b.q_stride, D);
+  b.k = a.k + attn::token_offset(b.span.begin, b.kv_head, b.kv_stride, D);
+  b.v = a.v + attn::token_offset(b.span.begin, b.kv_head, b.kv_stride, D);
+  return b;
+}
+
 // ---- forward: one work item per (query block, sequence, head), like one CTA of attention_fwd_kernel ----
 template <typename Scalar>
 void fwd_block(const CpuAttentionArgs<Scalar>& a, int seq, int head, int m_block) {
   constexpr int BM = attn::kFwdBlockM, BN = attn::kFwdBlockN;
-  const int D = a.head_dim, Hq = a.num_heads, Hkv = a.num_kv_heads;
-  const SeqSpan span = attn::seq_span(a.cu_seqlens, seq);
-  const int m0 = m_block * BM;
-  if (m0 >= span.len) return;
-  const int rows = std::min(BM, span.len - m0);
-  const int kv_head = attn::kv_head_of(head, Hq / Hkv);
-  const long long q_stride = static_cast<long long>(Hq) * D, kv_stride = static_cast<long long>(Hkv) * D;
-  const Scalar* q = a.q + attn::token_offset(span.begin + m0, head, q_stride, D);
-  const Scalar* k = a.k + attn::token_offset(span.begin, kv_head, kv_stride, D);
-  const Scalar* v = a.v + attn::token_offset(span.begin, kv_head, kv_stride, D);
+  const int D = a.head_dim;
+  const QueryBlock<Scalar> b = query_block(a, seq, head, m_block);
+  if (b.rows == 0) return;
+  const SeqSpan span = b.span;
+  const int m0 = b.m0, rows = b.rows;
+  const long long q_stride = b.q_stride, kv_stride = b.kv_stride;
+  const Scalar *q = b.q, *k = b.k, *v = b.v;
 
   std::vector<Scalar> acc(static_cast<size_t>(BM) * D, Scalar(0)), kt(static_cast<size_t>(D) * BN), s(BM * BN);
   std::vector<Scalar> row_max(BM, kNegInf<Scalar>), row_sum(BM, Scalar(0));
@@ -201,17 +224,14 @@ void bwd_dkdv_block(const CpuAttentionArgs<Scalar>& a, const Scalar* dsum, Scala
 template <typename Scalar>
 void bwd_dq_block(const CpuAttentionArgs<Scalar>& a, const Scalar* dsum, int seq, int head, int m_block) {
   constexpr int BM = attn::kFwdBlockM, BN = attn::kFwdBlockN;
-  const int D = a.head_dim, Hq = a.num_heads, Hkv = a.num_kv_heads;
-  const SeqSpan span = attn::seq_span(a.cu_seqlens, seq);
-  const int m0 = m_block * BM;
-  if (m0 >= span.len) return;
-  const int rows = std::min(BM, span.len - m0);
-  const int kv_head = attn::kv_head_of(head, Hq / Hkv);
-  const long long q_stride = static_cast<long long>(Hq) * D, kv_stride = static_cast<long long>(Hkv) * D;
-  const Scalar* q = a.q + attn::token_offset(span.begin + m0, head, q_stride, D);
+  const int D = a.head_dim;
+  const QueryBlock<Scalar> b = query_block(a, seq, head, m_block);
+  if (b.rows == 0) return;
+  const SeqSpan span = b.span;
+  const int m0 = b.m0, rows = b.rows;
+  const long long q_stride = b.q_stride, kv_stride = b.kv_stride;
+  const Scalar *q = b.q, *k = b.k, *v = b.v;
   const Scalar* dout = a.dout + attn::token_offset(span.begin + m0, head, q_stride, D);
-  const Scalar* k = a.k + attn::token_offset(span.begin, kv_head, kv_stride, D);
-  const Scalar* v = a.v + attn::token_offset(span.begin, kv_head, kv_stride, D);
   const Scalar* lse = a.lse + attn::row_stat_index(head, span.begin + m0, a.total_tokens);
   const Scalar* dsum_row = dsum + attn::row_stat_index(head, span.begin + m0, a.total_tokens);
 
