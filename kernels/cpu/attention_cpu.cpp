@@ -84,12 +84,8 @@ template <typename Scalar>
 void fwd_block(const CpuAttentionArgs<Scalar>& a, int seq, int head, int m_block) {
   constexpr int BM = attn::kFwdBlockM, BN = attn::kFwdBlockN;
   const int D = a.head_dim;
-  const QueryBlock<Scalar> b = query_block(a, seq, head, m_block);
-  if (b.rows == 0) return;
-  const SeqSpan span = b.span;
-  const int m0 = b.m0, rows = b.rows;
-  const long long q_stride = b.q_stride, kv_stride = b.kv_stride;
-  const Scalar *q = b.q, *k = b.k, *v = b.v;
+  const auto [span, m0, rows, kv_head, q_stride, kv_stride, q, k, v] = query_block(a, seq, head, m_block);
+  if (rows == 0) return;
 
   std::vector<Scalar> acc(static_cast<size_t>(BM) * D, Scalar(0)), kt(static_cast<size_t>(D) * BN), s(BM * BN);
   std::vector<Scalar> row_max(BM, kNegInf<Scalar>), row_sum(BM, Scalar(0));
@@ -225,12 +221,8 @@ template <typename Scalar>
 void bwd_dq_block(const CpuAttentionArgs<Scalar>& a, const Scalar* dsum, int seq, int head, int m_block) {
   constexpr int BM = attn::kFwdBlockM, BN = attn::kFwdBlockN;
   const int D = a.head_dim;
-  const QueryBlock<Scalar> b = query_block(a, seq, head, m_block);
-  if (b.rows == 0) return;
-  const SeqSpan span = b.span;
-  const int m0 = b.m0, rows = b.rows;
-  const long long q_stride = b.q_stride, kv_stride = b.kv_stride;
-  const Scalar *q = b.q, *k = b.k, *v = b.v;
+  const auto [span, m0, rows, kv_head, q_stride, kv_stride, q, k, v] = query_block(a, seq, head, m_block);
+  if (rows == 0) return;
   const Scalar* dout = a.dout + attn::token_offset(span.begin + m0, head, q_stride, D);
   const Scalar* lse = a.lse + attn::row_stat_index(head, span.begin + m0, a.total_tokens);
   const Scalar* dsum_row = dsum + attn::row_stat_index(head, span.begin + m0, a.total_tokens);
