@@ -1,5 +1,5 @@
-// model/choices.h: the model choice a config names (model.dtype), torch-free so trainer/config.h can hold
-// it as a type; its names are listed once here (common/enum_names.h).
+// model/choices.h: the model choices a config names (model.dtype, finetune.lora.init), torch-free so
+// trainer/config.h can hold them as types; their names are listed once here (common/enum_names.h).
 #pragma once
 #include <array>
 #include <utility>
@@ -12,6 +12,9 @@ namespace sft::model {
 // (model/weights.h: scalar_type_of, parse_dtype).
 enum class DtypeChoice { kAuto, kFloat32, kBFloat16, kFloat16 };
 
+// finetune.lora.init: PEFT init_lora_weights (model/lora_init.h).
+enum class LoraInit { kDefault, kGaussian, kPissa, kOlora };
+
 }  // namespace sft::model
 
 namespace sft {
@@ -22,6 +25,15 @@ struct EnumNames<model::DtypeChoice> {
       {model::DtypeChoice::kFloat32, "float32"},
       {model::DtypeChoice::kBFloat16, "bfloat16"},
       {model::DtypeChoice::kFloat16, "float16"},
+  }};
+};
+template <>
+struct EnumNames<model::LoraInit> {
+  static constexpr std::array<std::pair<model::LoraInit, const char*>, 4> entries{{
+      {model::LoraInit::kDefault, "default"},
+      {model::LoraInit::kGaussian, "gaussian"},
+      {model::LoraInit::kPissa, "pissa"},
+      {model::LoraInit::kOlora, "olora"},
   }};
 };
 }  // namespace sft

@@ -97,11 +97,11 @@ std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec) {
     if (std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr())) return;  // already adapted
     auto lora = std::make_shared<LoraProjectionImpl>(*holder, spec.rank, scale, spec.dropout, spec.dora);
     if (lora->is_quantized() && init_mutates_base(spec.init)) {
-      throw InputError("finetune.lora.init " + spec.init + " is not implemented with model.quantization nf4 (" +
+      throw InputError("finetune.lora.init " + std::string(enum_name(spec.init)) + " is not implemented with model.quantization nf4 (" +
                        parent_path + "." + name + ": the residual base would have to be re-quantised)");
     }
     init_lora_weights(*lora, spec.init, parent_path + "." + name);
-    if (spec.dora && spec.init != "default") lora->lora_magnitude_vector.set_data(lora->dora_weight_norm().to(lora->lora_A->weight.options()));
+    if (spec.dora && spec.init != LoraInit::kDefault) lora->lora_magnitude_vector.set_data(lora->dora_weight_norm().to(lora->lora_A->weight.options()));
     parent.replace_module(name, lora);
     holder = Projection(std::static_pointer_cast<ProjectionImpl>(lora));
     adapted.push_back(parent_path + "." + name);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "model/choices.h"
 #include "model/llama.h"
 
 namespace sft::model {
@@ -57,7 +58,7 @@ struct LoraSpec {
   bool rslora = false;
   std::vector<std::string> targets;  // projection names, or {"all"}
   bool dora = false;                 // weight-decomposed LoRA (PEFT use_dora)
-  std::string init = "default";      // default|gaussian|pissa|olora (model/lora_init.h)
+  LoraInit init = LoraInit::kDefault;  // model/lora_init.h
 };
 
 double lora_scale(const LoraSpec& spec);  // alpha / r, or alpha / sqrt(r) with rslora

@@ -8,27 +8,26 @@
 
 namespace sft::model {
 
-bool init_mutates_base(const std::string& init) { return init == "pissa" || init == "olora"; }
+bool init_mutates_base(LoraInit init) { return init == LoraInit::kPissa || init == LoraInit::kOlora; }
 
-void init_lora_weights(LoraProjectionImpl& lora, const std::string& init, const std::string& path) {
+void init_lora_weights(LoraProjectionImpl& lora, LoraInit init, const std::string& path) {
   torch::NoGradGuard no_grad;
   const int64_t rank = lora.lora_A->weight.size(0);
-  if (init == "default") return;
-  if (init == "gaussian") {
+  if (init == LoraInit::kDefault) return;
+  if (init == LoraInit::kGaussian) {
     lora.lora_A->weight.normal_(0.0, 1.0 / static_cast<double>(rank));
     lora.lora_B->weight.zero_();
     return;
   }
-  if (!init_mutates_base(init)) throw std::logic_error("init_lora_weights: unknown init '" + init + "'");
   const int64_t out = lora.out_features(), in = lora.in_features();
   if (rank > std::min(out, in)) {
     throw InputError("finetune.lora.r " + std::to_string(rank) + " is larger than the smaller dimension of " + path +
-                     " (weight [" + std::to_string(out) + ", " + std::to_string(in) + "]); finetune.lora.init " + init +
+                     " (weight [" + std::to_string(out) + ", " + std::to_string(in) + "]); finetune.lora.init " + enum_name(init) +
                      " needs r <= " + std::to_string(std::min(out, in)));
   }
   const at::Tensor weight = lora.weight.to(at::kFloat);  // [out, in]
   at::Tensor a, b;                                       // [r, in], [out, r]
-  if (init == "pissa") {
+  if (init == LoraInit::kPissa) {
     auto [u, s, vh] = at::linalg_svd(weight, /*full_matrices=*/false);  // PEFT names them V, S, Uh
     const at::Tensor sqrt_s = (s.slice(0, 0, rank) / lora.scale).sqrt();
     a = at::matmul(at::diag(sqrt_s), vh.slice(0, 0, rank));

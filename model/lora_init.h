@@ -16,9 +16,9 @@ namespace sft::model {
 // The SVD/QR run in fp32 and the residual is cast back to W's dtype, as PEFT does. For pissa and olora the
 // initial A and B are kept (initial_A/initial_B) for the conversion to an adapter on the original base.
 // Throws InputError (naming finetune.lora.r and the module) when r > min(out, in) for pissa/olora.
-void init_lora_weights(LoraProjectionImpl& lora, const std::string& init, const std::string& path);
+void init_lora_weights(LoraProjectionImpl& lora, LoraInit init, const std::string& path);
 
 // True for inits that change the base weight (the saved adapter then needs PEFT's conversion).
-bool init_mutates_base(const std::string& init);
+bool init_mutates_base(LoraInit init);
 
 }  // namespace sft::model

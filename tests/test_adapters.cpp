@@ -120,12 +120,12 @@ TEST(LoraDora, AdapterUsesPeftNamesAndRoundTrips) {
 }
 
 // PEFT's pissa/olora init on the golden base: every adapter and every modified base weight within 1e-5.
-void expect_init_matches_peft(const std::string& init) {
+void expect_init_matches_peft(model::LoraInit init) {
   model::CausalLM lm = model::load_pretrained(train_golden() / "base", at::kFloat, at::kCPU);
   model::LoraSpec spec{4, 8.0, 0.0, false, {"all"}};
   spec.init = init;
   model::apply_lora(lm, spec);
-  auto ref = model::SafetensorsFile::open(train_golden() / (init + "_init.safetensors"));
+  auto ref = model::SafetensorsFile::open(train_golden() / (std::string(enum_name(init)) + "_init.safetensors"));
   std::map<std::string, at::Tensor> ours;
   for (const auto& item : lm->named_parameters()) ours["base_model.model." + item.key()] = item.value();
   int compared = 0;
@@ -133,7 +133,7 @@ void expect_init_matches_peft(const std::string& init) {
     ASSERT_TRUE(ours.count(info.name)) << info.name;
     const at::Tensor r = ref->load(info.name, at::kFloat);
     EXPECT_LE((ours[info.name] - r).abs().max().item<double>(), 1e-5 * std::max(r.abs().max().item<double>(), 1.0))
-        << init << " " << info.name;
+        << enum_name(init) << " " << info.name;
     ++compared;
   }
   EXPECT_EQ(compared, 3 * 7 * 2);  // A, B and W for 7 projections in each of 2 layers
@@ -143,13 +143,13 @@ void expect_init_matches_peft(const std::string& init) {
   EXPECT_LE(max_rel_diff(logits_of(lm, ids), logits_of(base, ids)), 1e-5);
 }
 
-TEST(LoraInit, PissaMatchesPeft) { expect_init_matches_peft("pissa"); }
-TEST(LoraInit, OloraMatchesPeft) { expect_init_matches_peft("olora"); }
+TEST(LoraInit, PissaMatchesPeft) { expect_init_matches_peft(model::LoraInit::kPissa); }
+TEST(LoraInit, OloraMatchesPeft) { expect_init_matches_peft(model::LoraInit::kOlora); }
 
 TEST(LoraInit, GaussianIsNormalWithStdOneOverRAndZeroB) {
   model::CausalLM lm = model::load_pretrained(train_golden() / "base", at::kFloat, at::kCPU);
   model::LoraSpec spec{4, 8.0, 0.0, false, {"all"}};
-  spec.init = "gaussian";
+  spec.init = model::LoraInit::kGaussian;
   torch::manual_seed(3);
   model::apply_lora(lm, spec);
   std::vector<at::Tensor> a_values;

@@ -19,7 +19,7 @@ namespace sft {
 
 // The trainer's config choices; each has its one list of names (EnumNames, below).
 enum class FinetuneMethod { kLora, kFreeze, kFull };
-enum class LoraInit { kDefault, kGaussian, kPissa, kOlora };  // PEFT init_lora_weights
+using model::LoraInit;  // finetune.lora.init (model/choices.h)
 enum class DeviceChoice { kAuto, kCpu, kCuda };
 enum class MixedPrecision { kAuto, kNone, kBf16 };  // auto: bf16 on CUDA, none on CPU
 enum class DistBackend { kAuto, kGloo, kNccl };     // auto: NCCL on CUDA, Gloo on CPU
@@ -145,13 +145,6 @@ template <>
 struct EnumNames<FinetuneMethod> {
   static constexpr std::array<std::pair<FinetuneMethod, const char*>, 3> entries{
       {{FinetuneMethod::kLora, "lora"}, {FinetuneMethod::kFreeze, "freeze"}, {FinetuneMethod::kFull, "full"}}};
-};
-template <>
-struct EnumNames<LoraInit> {
-  static constexpr std::array<std::pair<LoraInit, const char*>, 4> entries{{{LoraInit::kDefault, "default"},
-                                                                            {LoraInit::kGaussian, "gaussian"},
-                                                                            {LoraInit::kPissa, "pissa"},
-                                                                            {LoraInit::kOlora, "olora"}}};
 };
 template <>
 struct EnumNames<DeviceChoice> {

@@ -96,7 +96,7 @@ int32_t run_pad_id(const data::Tokenizer* tokenizer) {
 
 model::LoraSpec lora_spec_from(const Config& config) {
   const LoraOptions& o = config.finetune.lora;
-  return model::LoraSpec{o.r, o.alpha, o.dropout, o.rslora, o.targets, o.dora, enum_name(o.init)};
+  return model::LoraSpec{o.r, o.alpha, o.dropout, o.rslora, o.targets, o.dora, o.init};
 }
 
 model::FreezeSpec freeze_spec_from(const Config& config) {
