@@ -82,48 +82,38 @@ TEST(TrainParity, FreezeFirstLayerMlpWithEmbeddingsMatchesTransformers) {
   expect_freeze_run_matches_reference(narrow, "freeze_narrow");
 }
 
-TEST(TrainParity, RsloraMatchesPeft) {
-  // PEFT use_rslora=True: scale alpha / sqrt(r) = 8 / 2 instead of alpha / r = 2.
+// A 10-step LoRA-variant run against PEFT's golden `name` run (losses, final adapter), from the golden init
+// `init_dir`, whose last loss must differ from plain LoRA's by more than `min_gap` (relative): so the variant's
+// key really changed the training and a run that ignored it would fail.
+void expect_lora_variant_matches_peft(const std::string& name, const std::string& lora_keys, const std::string& init_dir,
+                                      double min_gap) {
   test::TempDir tmp;
   RunOutput run = run_train(tmp.path(), parity_config(tmp.path() / "out",
-      "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, rslora: true, init_from: " +
-          (train_golden() / "adapter_init_rslora").string() + "}}\n"));
-  const nlohmann::json ref = golden_losses("rslora");
+      "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, " + lora_keys + ", init_from: " +
+          (train_golden() / init_dir).string() + "}}\n"));
+  const nlohmann::json ref = golden_losses(name);
   expect_losses_match(run, ref);
-  // The scale matters: by the last step rslora's loss is far from plain LoRA's (> 100x the tolerance).
   const double plain = golden_losses("lora")["loss"][9].get<double>();
-  EXPECT_GT(std::abs(ref["loss"][9].get<double>() - plain), 1e-2 * plain);
+  EXPECT_GT(std::abs(ref["loss"][9].get<double>() - plain), min_gap * plain);
   expect_tensors_match(tmp.path() / "out" / "adapter" / "adapter_model.safetensors",
-                       train_golden() / "rslora_final.safetensors");
+                       train_golden() / (name + "_final.safetensors"));
+}
+
+TEST(TrainParity, RsloraMatchesPeft) {
+  // PEFT use_rslora=True: scale alpha / sqrt(r) = 8 / 2 instead of alpha / r = 2; by the last step the loss is
+  // far from plain LoRA's (> 100x the tolerance).
+  expect_lora_variant_matches_peft("rslora", "rslora: true", "adapter_init_rslora", 1e-2);
 }
 
 TEST(TrainParity, DoraMatchesPeft) {
   // PEFT use_dora=True from the same init (adapter_init_dora: A, B = 0 and magnitudes = row norms of W).
-  test::TempDir tmp;
-  RunOutput run = run_train(tmp.path(), parity_config(tmp.path() / "out",
-      "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, dora: true, init_from: " +
-          (train_golden() / "adapter_init_dora").string() + "}}\n"));
-  const nlohmann::json ref = golden_losses("dora");
-  expect_losses_match(run, ref);
   // DoRA trains differently from LoRA: by the last step the losses differ by > 10x the tolerance (measured 44x).
-  const double plain = golden_losses("lora")["loss"][9].get<double>();
-  EXPECT_GT(std::abs(ref["loss"][9].get<double>() - plain), 1e-3 * plain);
-  expect_tensors_match(tmp.path() / "out" / "adapter" / "adapter_model.safetensors",
-                       train_golden() / "dora_final.safetensors");
+  expect_lora_variant_matches_peft("dora", "dora: true", "adapter_init_dora", 1e-3);
 }
 
 TEST(TrainParity, LoraPlusMatchesPeft) {
   // PEFT's create_loraplus_optimizer (loraplus_lr_ratio 4, loraplus_weight_decay 0.01) under the same schedule.
-  test::TempDir tmp;
-  RunOutput run = run_train(tmp.path(), parity_config(tmp.path() / "out",
-      "finetune: {method: lora, lora: {r: 4, alpha: 8, dropout: 0.0, lr_ratio: 4, init_from: " +
-          (train_golden() / "adapter_init_loraplus").string() + "}}\n"));
-  const nlohmann::json ref = golden_losses("loraplus");
-  expect_losses_match(run, ref);
-  const double plain = golden_losses("lora")["loss"][9].get<double>();
-  EXPECT_GT(std::abs(ref["loss"][9].get<double>() - plain), 1e-2 * plain);
-  expect_tensors_match(tmp.path() / "out" / "adapter" / "adapter_model.safetensors",
-                       train_golden() / "loraplus_final.safetensors");
+  expect_lora_variant_matches_peft("loraplus", "lr_ratio: 4", "adapter_init_loraplus", 1e-2);
 }
 
 std::vector<data::TokenizedExample> golden_examples() {
