@@ -504,6 +504,7 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
       case FusedOp::Rope: ops.rope = true; break;
       case FusedOp::SwiGlu: ops.swiglu = true; break;
       case FusedOp::LinearCe: ops.linear_ce = true; break;
+      case FusedOp::Dropout: ops.dropout = true; break;
     }
   }
   return ops;
@@ -516,7 +517,7 @@ FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType d
 std::string to_string(const FusedOps& ops) {
   std::string s;
   for (auto [on, op] : {std::pair{ops.rmsnorm, FusedOp::RmsNorm}, {ops.rope, FusedOp::Rope}, {ops.swiglu, FusedOp::SwiGlu},
-                        {ops.linear_ce, FusedOp::LinearCe}}) {
+                        {ops.linear_ce, FusedOp::LinearCe}, {ops.dropout, FusedOp::Dropout}}) {
     if (on) s += (s.empty() ? "" : ", ") + std::string(enum_name(op));
   }
   return s.empty() ? "none" : "[" + s + "]";

@@ -63,7 +63,8 @@ namespace sft::kernels {
 // rmsnorm, rope, swiglu, linear_ce; throws sft::InputError naming any other entry.
 struct FusedOps {
   bool rmsnorm = false, rope = false, swiglu = false, linear_ce = false;
-  static FusedOps all() { return {true, true, true, true}; }
+  bool dropout = false;  // LoRA: lora_A(dropout(x)) as kernels::dropout_linear (Philox mask, never stored)
+  static FusedOps all() { return {true, true, true, true, true}; }
 };
 FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device);
 FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device = at::kCPU);  // parse + resolve
