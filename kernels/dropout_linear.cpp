@@ -62,7 +62,7 @@ void apply_dropout_mask(const DropoutSeed& key, double p, const at::Tensor& x, c
   params.seed = key.seed;
   params.offset = key.offset;
   params.keep_below = dropout_keep_below(p);
-  params.scale = p < 1 ? static_cast<float>(1.0 / (1.0 - p)) : 0.f;
+  params.scale = p < 1 ? 1.0 / (1.0 - p) : 0.0;
   params.rows = any.size(0);
   params.cols = any.size(1);
   const at::ScalarType x_type = x.defined() ? x.scalar_type() : grad_dropped.scalar_type();

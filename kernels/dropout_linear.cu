@@ -20,6 +20,7 @@ __global__ void dropout_mask_kernel(DropoutMaskParams p) {
   C* x_dropped = static_cast<C*>(p.x_dropped);
   const C* grad = static_cast<const C*>(p.grad);
   X* grad_dropped = static_cast<X*>(p.grad_dropped);
+  const float scale = static_cast<float>(p.scale);
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     uint32_t draws[4];
@@ -28,7 +29,7 @@ __global__ void dropout_mask_kernel(DropoutMaskParams p) {
     for (int lane = 0; lane < 4; ++lane) {
       const int64_t e = 4 * g + lane;
       if (e >= n) break;
-      const float m = static_cast<uint64_t>(draws[lane]) < p.keep_below ? p.scale : 0.f;
+      const float m = static_cast<uint64_t>(draws[lane]) < p.keep_below ? scale : 0.f;
       if (x) x_dropped[e] = dev::from_f32<C>(dev::to_f32(x[e]) * m);
       if (grad) grad_dropped[e] = dev::from_f32<X>(dev::to_f32(grad[e]) * m);
     }

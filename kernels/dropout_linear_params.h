@@ -21,7 +21,7 @@ struct DropoutMaskParams {
   uint64_t seed = 0;        // Philox key (one 64-bit draw of the device's default generator per call)
   uint64_t offset = 0;      // Philox offset in 128-bit blocks (CUDA: the generator's philox offset / 4)
   uint64_t keep_below = 0;  // keep iff draw < keep_below: round((1 - p) * 2^32), in [0, 2^32]
-  float scale = 1.f;        // 1 / (1 - p); 0 when p = 1
+  double scale = 1.0;       // 1 / (1 - p); 0 when p = 1 (the CUDA kernel and fp32 twins use it rounded to float)
   int64_t rows = 0, cols = 0;
   const void* x = nullptr;       // [rows, cols] x_dtype, or null
   void* x_dropped = nullptr;     // [rows, cols] compute_dtype (set iff x is)

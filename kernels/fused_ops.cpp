@@ -490,10 +490,11 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
   FusedOps ops;
   switch (choice.mode) {
     case FusedOpsChoice::Mode::Auto:
-      // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm and RoPE on the
-      // CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits: opt in). On CUDA
-      // none yet: the CUDA kernels have not run on a GPU (the GPU proof, scripts/gpu_run.sh, runs them).
-      if (device == at::kCPU) ops.rmsnorm = ops.rope = true;
+      // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm, RoPE and LoRA's
+      // dropout on the CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits:
+      // opt in). On CUDA none yet: the CUDA kernels have not run on a GPU (the GPU proof,
+      // scripts/gpu_run.sh, runs them).
+      if (device == at::kCPU) ops.rmsnorm = ops.rope = ops.dropout = true;
       return ops;
     case FusedOpsChoice::Mode::None: return ops;
     case FusedOpsChoice::Mode::List: break;
