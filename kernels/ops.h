@@ -58,9 +58,9 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
 // ---- fused RMSNorm / SwiGLU / rotary / linear cross-entropy (kernels/fused_ops.cpp) ----
 namespace sft::kernels {
 
-// Which fused ops a model uses (`model.fused_ops`). Parsed from [auto] (on the CPU: rmsnorm and rope, the
-// ones measured faster there; on CUDA: none until the GPU proof has run them), [none], or a list of
-// rmsnorm, rope, swiglu, linear_ce; throws sft::InputError naming any other entry.
+// Which fused ops a model uses (`model.fused_ops`). Parsed from [auto] (on the CPU: rmsnorm, rope and
+// dropout, the ones measured faster there; on CUDA: none until the GPU proof has run them), [none], or a
+// list of rmsnorm, rope, swiglu, linear_ce, dropout; throws sft::InputError naming any other entry.
 struct FusedOps {
   bool rmsnorm = false, rope = false, swiglu = false, linear_ce = false;
   bool dropout = false;  // LoRA: lora_A(dropout(x)) as kernels::dropout_linear (Philox mask, never stored)
