@@ -490,10 +490,11 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
   FusedOps ops;
   switch (choice.mode) {
     case FusedOpsChoice::Mode::Auto:
-      // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm and RoPE on the
-      // CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits: opt in). On CUDA
-      // none yet: the CUDA kernels have not run on a GPU (the GPU proof, scripts/gpu_run.sh, runs them).
-      if (device == at::kCPU) ops.rmsnorm = ops.rope = true;
+      // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm, RoPE and LoRA's
+      // dropout on the CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits:
+      // opt in). On CUDA none yet: the CUDA kernels have not run on a GPU (the GPU proof,
+      // scripts/gpu_run.sh, runs them).
+      if (device == at::kCPU) ops.rmsnorm = ops.rope = ops.dropout = true;
       return ops;
     case FusedOpsChoice::Mode::None: return ops;
     case FusedOpsChoice::Mode::List: break;
@@ -504,6 +505,7 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
       case FusedOp::Rope: ops.rope = true; break;
       case FusedOp::SwiGlu: ops.swiglu = true; break;
       case FusedOp::LinearCe: ops.linear_ce = true; break;
+      case FusedOp::Dropout: ops.dropout = true; break;
     }
   }
   return ops;
@@ -516,7 +518,7 @@ FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType d
 std::string to_string(const FusedOps& ops) {
   std::string s;
   for (auto [on, op] : {std::pair{ops.rmsnorm, FusedOp::RmsNorm}, {ops.rope, FusedOp::Rope}, {ops.swiglu, FusedOp::SwiGlu},
-                        {ops.linear_ce, FusedOp::LinearCe}}) {
+                        {ops.linear_ce, FusedOp::LinearCe}, {ops.dropout, FusedOp::Dropout}}) {
     if (on) s += (s.empty() ? "" : ", ") + std::string(enum_name(op));
   }
   return s.empty() ? "none" : "[" + s + "]";

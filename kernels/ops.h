@@ -58,12 +58,13 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
 // ---- fused RMSNorm / SwiGLU / rotary / linear cross-entropy (kernels/fused_ops.cpp) ----
 namespace sft::kernels {
 
-// Which fused ops a model uses (`model.fused_ops`). Parsed from [auto] (on the CPU: rmsnorm and rope, the
-// ones measured faster there; on CUDA: none until the GPU proof has run them), [none], or a list of
-// rmsnorm, rope, swiglu, linear_ce; throws sft::InputError naming any other entry.
+// Which fused ops a model uses (`model.fused_ops`). Parsed from [auto] (on the CPU: rmsnorm, rope and
+// dropout, the ones measured faster there; on CUDA: none until the GPU proof has run them), [none], or a
+// list of rmsnorm, rope, swiglu, linear_ce, dropout; throws sft::InputError naming any other entry.
 struct FusedOps {
   bool rmsnorm = false, rope = false, swiglu = false, linear_ce = false;
-  static FusedOps all() { return {true, true, true, true}; }
+  bool dropout = false;  // LoRA: lora_A(dropout(x)) as kernels::dropout_linear (Philox mask, never stored)
+  static FusedOps all() { return {true, true, true, true, true}; }
 };
 FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device);
 FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device = at::kCPU);  // parse + resolve

@@ -11,6 +11,8 @@ list(APPEND SFT_KERNEL_SOURCES kernels/cached_attention.cpp)
 list(APPEND SFT_KERNEL_SOURCES kernels/fused_ops.cpp kernels/cpu/fused_ops_cpu.cpp)
 # NF4 (QLoRA) dequantisation + x W^T: binding + CPU twin (kernels/nf4.h).
 list(APPEND SFT_KERNEL_SOURCES kernels/nf4.cpp kernels/cpu/nf4_cpu.cpp)
+# Dropout fused into the linear that consumes it (Philox mask, never stored): binding + CPU twin (kernels/dropout_linear.h).
+list(APPEND SFT_KERNEL_SOURCES kernels/dropout_linear.cpp kernels/cpu/dropout_linear_cpu.cpp)
 # Device code + torch-free launchers (compiled only when nvcc is found; SFT_WITH_CUDA is then defined).
 set(SFT_KERNEL_CUDA_SOURCES
   kernels/attention_fwd.cu
@@ -18,6 +20,7 @@ set(SFT_KERNEL_CUDA_SOURCES
 )
 list(APPEND SFT_KERNEL_CUDA_SOURCES kernels/rmsnorm.cu kernels/swiglu.cu kernels/rope.cu kernels/linear_ce.cu)
 list(APPEND SFT_KERNEL_CUDA_SOURCES kernels/nf4.cu)
+list(APPEND SFT_KERNEL_CUDA_SOURCES kernels/dropout_linear.cu)
 # CUDA build checks (ptxas spills / stack frames / shared memory, tensor-core SASS), for CTest:
 #   if(SFT_CUDA)
 #     add_test(NAME ${SFT_KERNEL_CUDA_BUILD_TEST_NAME} COMMAND ${SFT_KERNEL_CUDA_BUILD_TEST_COMMAND})
@@ -32,3 +35,5 @@ set_source_files_properties(kernels/cpu/attention_cpu.cpp PROPERTIES COMPILE_OPT
 set_source_files_properties(kernels/cpu/fused_ops_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3;-fopenmp-simd")
 # NF4 dequantisation: vectorised table lookups; no FMA contraction, so it rounds as bitsandbytes does.
 set_source_files_properties(kernels/cpu/nf4_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3;-fopenmp-simd;-ffp-contract=off")
+# The dropout mask pass: `omp simd` mask loops.
+set_source_files_properties(kernels/cpu/dropout_linear_cpu.cpp PROPERTIES COMPILE_OPTIONS "-O3;-fopenmp-simd")

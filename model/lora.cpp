@@ -7,6 +7,7 @@
 #include <set>
 
 #include "common/errors.h"
+#include "kernels/dropout_linear.h"
 #include "model/lora_init.h"
 #include "model/quantize.h"
 
@@ -49,8 +50,14 @@ at::Tensor LoraProjectionImpl::base_weight() const { return quantized_base ? qua
 at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) {
   at::Tensor result = base_forward(x);
   at::Tensor lora_input = x.to(lora_A->weight.scalar_type());
-  if (dropout > 0 && is_training()) lora_input = at::dropout(lora_input, dropout, /*train=*/true);
-  at::Tensor lora_result = lora_B->forward(lora_A->forward(lora_input)) * scale;
+  at::Tensor lora_hidden;  // A x': [..., r]
+  if (fused_dropout && dropout > 0 && is_training() && !is_dora()) {
+    lora_hidden = kernels::dropout_linear(lora_input, lora_A->weight, dropout);  // the mask is never stored
+  } else {
+    if (dropout > 0 && is_training()) lora_input = at::dropout(lora_input, dropout, /*train=*/true);
+    lora_hidden = lora_A->forward(lora_input);
+  }
+  at::Tensor lora_result = lora_B->forward(lora_hidden) * scale;
   if (!is_dora()) return result + lora_result.to(result.scalar_type());
   // DoRA, as PEFT's DoraLinearLayer.forward: result + (m/n - 1) * base(x') + (m/n) * scale * B A x', with x'
   // the dropped-out input (then base(x') is recomputed) or x itself (then base(x) = result - bias).
@@ -100,6 +107,7 @@ std::vector<std::string> apply_lora(CausalLM& model, const LoraSpec& spec) {
       throw InputError("finetune.lora.init " + std::string(enum_name(spec.init)) + " is not implemented with model.quantization nf4 (" +
                        parent_path + "." + name + ": the residual base would have to be re-quantised)");
     }
+    lora->fused_dropout = model->fused_ops().dropout;
     init_lora_weights(*lora, spec.init, parent_path + "." + name);
     if (spec.dora && spec.init != LoraInit::kDefault) lora->lora_magnitude_vector.set_data(lora->dora_weight_norm().to(lora->lora_A->weight.options()));
     parent.replace_module(name, lora);

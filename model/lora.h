@@ -48,6 +48,7 @@ class LoraProjectionImpl : public ProjectionImpl {
   std::shared_ptr<Nf4ProjectionImpl> quantized_base;  // QLoRA only; shares `weight`, `bias` and the buffers
   double scale;
   double dropout;
+  bool fused_dropout = false;  // model.fused_ops dropout: A(dropout(x)) as one kernels::dropout_linear (not DoRA)
 };
 TORCH_MODULE(LoraProjection);
 

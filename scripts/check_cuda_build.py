@@ -35,6 +35,11 @@ def short_name(mangled):
     """'_ZN...attention_fwd_kernelI13__nv_bfloat16Li128EEEv...' -> 'attention_fwd_kernel<bf16,128>'."""
     m = re.search(r"(attention_(?:fwd|bwd_dkdv|bwd_dq|bwd_preprocess|bwd_convert_dq)_kernel)I(.*?)EEv", mangled)
     if not m:
+        e = re.search(r"(dropout_mask_kernel)I(.*?)EEv", mangled)  # <x type, compute type>
+        if e:
+            types = re.findall(r"13__nv_bfloat16|6__half|f", e.group(2))
+            names = {"13__nv_bfloat16": "bf16", "6__half": "fp16", "f": "fp32"}
+            return "%s<%s>" % (e.group(1), ",".join(names[t] for t in types))
         return mangled
     args = m.group(2)
     dtype = "bf16" if "bfloat16" in args else ("fp16" if "__half" in args else "?")
@@ -173,6 +178,8 @@ def selftest():
     assert len(found) == 1 and "headroom" in found[0], found
     assert len(problems(80, name, clean, dict(sizes, fwd128=1000), parse_sass(sass_good))) == 1  # no probe
     assert short_name(name) == "attention_fwd_kernel<bf16,128>", short_name(name)
+    dropout = "_ZN3sft7kernels12_GLOBAL__N_119dropout_mask_kernelIf13__nv_bfloat16EEvNS0_17DropoutMaskParamsE"
+    assert short_name(dropout) == "dropout_mask_kernel<fp32,bf16>", short_name(dropout)
     ru = parse_resource_usage("arch = sm_90\n Function %s:\n  REG:200 STACK:16 SHARED:0 LOCAL:8 CONSTANT[0]:504\n" % name)
     assert ru[(90, short_name(name))] == dict(regs=200, stack=16, shared=0, local=8), ru
     assert len(problems(90, name, clean, dict(sizes, fwd128=1000), {(90, short_name(name)): {"hmma": 1, "hgmma": 0}},
@@ -190,9 +197,16 @@ def find_cuobjdump():
 
 
 def cuda_sources(source_dir):
+    """The .cu files of SFT_KERNEL_CUDA_SOURCES: its set(...) block and every list(APPEND ...) to it."""
     text = open(os.path.join(source_dir, "kernels", "sources.cmake")).read()
-    block = re.search(r"set\(SFT_KERNEL_CUDA_SOURCES(.*?)\)", text, re.S).group(1)
-    return [s for s in block.split() if s.endswith(".cu")]
+    blocks = re.findall(r"^(?:set|list\(APPEND)\s*\(?SFT_KERNEL_CUDA_SOURCES(.*?)\)", text, re.S | re.M)
+    return [s for block in blocks for s in block.split() if s.endswith(".cu")]
+
+
+def torch_include_dirs():
+    """LibTorch's headers from the wheel (kernels/dropout_mask.h uses ATen's header-only Philox engine)."""
+    base = os.path.join(sysconfig.get_paths()["purelib"], "torch", "include")
+    return [base, os.path.join(base, "torch", "csrc", "api", "include")] if os.path.isdir(base) else []
 
 
 def smem_sizes(source_dir, tmp):
@@ -237,8 +251,9 @@ def main():
             for arch in archs:
                 for probing in (False, True):
                     cubin = os.path.join(tmp, "%s.sm_%d%s.cubin" % (os.path.basename(src), arch, ".probe" * probing))
-                    cmd = [args.nvcc, "-std=c++17", "-O3", "-DSFT_WITH_CUDA=1", "-I", args.source_dir,
-                           "--expt-relaxed-constexpr", "-lineinfo", "-gencode",
+                    cmd = [args.nvcc, "-std=c++17", "-O3", "-DSFT_WITH_CUDA=1", "-I", args.source_dir]
+                    cmd += [a for d in torch_include_dirs() for a in ("-isystem", d)]
+                    cmd += ["--expt-relaxed-constexpr", "-lineinfo", "-gencode",
                            "arch=compute_%d,code=sm_%d" % (arch, arch), "-Xptxas=-v", "-cubin", "-o", cubin,
                            os.path.join(args.source_dir, src)]
                     if probing:

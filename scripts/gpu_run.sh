@@ -94,7 +94,7 @@ step0() {
   [[ -z "$problems" ]] || { record "0 bundle" FAILED "torch resolved outside $TORCH_DIR: $problems"; return; }
   ours "$HERE/bin/sft" --version >"$WORK/version" 2>&1 || { record "0 bundle" FAILED "sft --version: $(cat "$WORK/version")"; return; }
   ours "$HERE/bin/sft" help config >"$WORK/help_config" 2>&1 || { record "0 bundle" FAILED "sft help config failed"; return; }
-  ours "$HERE/bin/sft_tests" --gtest_list_tests --gtest_filter='AttentionCuda*:FusedOpsCuda*:Nf4Cuda*' >"$WORK/tests_list" 2>&1 ||
+  ours "$HERE/bin/sft_tests" --gtest_list_tests --gtest_filter='AttentionCuda*:FusedOpsCuda*:Nf4Cuda*:DropoutLinearCuda*' >"$WORK/tests_list" 2>&1 ||
     { record "0 bundle" FAILED "sft_tests does not start: $(tail -3 "$WORK/tests_list")"; return; }
   N_CUDA_TESTS=$(grep -c '^  ' "$WORK/tests_list")
   ((N_CUDA_TESTS > 0)) || { record "0 bundle" FAILED "no AttentionCuda tests listed"; return; }
@@ -135,12 +135,12 @@ fi
 
 # ---- 2. every AttentionCuda test, none skipped ----
 {
-  echo "# bin/sft_tests --gtest_filter='AttentionCuda*:FusedOpsCuda*:Nf4Cuda*' ($MODE)"
-  budget 150 env SFT_TEST_SEED="${SFT_TEST_SEED:-}" LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/sft_tests" --gtest_filter='AttentionCuda*:FusedOpsCuda*:Nf4Cuda*'
+  echo "# bin/sft_tests --gtest_filter='AttentionCuda*:FusedOpsCuda*:Nf4Cuda*:DropoutLinearCuda*' ($MODE)"
+  budget 150 env SFT_TEST_SEED="${SFT_TEST_SEED:-}" LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/sft_tests" --gtest_filter='AttentionCuda*:FusedOpsCuda*:Nf4Cuda*:DropoutLinearCuda*'
   echo "exit status: $?"
 } >"$OUT/attention_tests.log" 2>&1
 rc=$(sed -n 's/^exit status: //p' "$OUT/attention_tests.log")
-skipped=$(grep -cE '^\[  SKIPPED \] (AttentionCuda|FusedOpsCuda|Nf4Cuda)\.[A-Za-z0-9_]+ \([0-9]+ ms\)' "$OUT/attention_tests.log")
+skipped=$(grep -cE '^\[  SKIPPED \] (AttentionCuda|FusedOpsCuda|Nf4Cuda|DropoutLinearCuda)\.[A-Za-z0-9_]+ \([0-9]+ ms\)' "$OUT/attention_tests.log")
 passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) tests\{0,1\}.*/\1/p' "$OUT/attention_tests.log")
 if ((DRY)); then
   if [[ "$rc" == 0 ]] && ((skipped == N_CUDA_TESTS)); then

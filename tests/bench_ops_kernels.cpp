@@ -1,6 +1,6 @@
 // tests/bench_ops_kernels.cpp: `bench_ops ops [REPS]`: each fused op against the composite ATen code it
 // replaces, on the CPU, at SmolLM2-135M's shapes on a packed micro-batch of 4 x 512 tokens (hidden 576,
-// MLP 1536, 9 q / 3 kv heads of 64): median ms of the forward and of forward+backward, and the GB/s
+// MLP 1536, 9 q / 3 kv heads of 64; LoRA's dropout + A on one 512-token row, rank 16): median ms of the forward and of forward+backward, and the GB/s
 // of the forward's and backward's compulsory memory traffic. Then the loss memory (peak RSS growth) of
 // the fused linear cross-entropy against plain logits at V = 49,152 and 128,256.
 #include <ATen/Parallel.h>
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/dropout_linear.h"
 #include "kernels/fused_ops.h"
 
 namespace {
@@ -111,6 +112,18 @@ int ops_command(int argc, char** argv) {
                 auto [qo, ko] = fused ? sft::kernels::fused_rotary(q, k, cos, sin)
                                       : sft::kernels::composite_rotary(q, k, cos, sin);
                 return at::cat({qo.flatten(), ko.flatten()});
+              }},
+             reps);
+  }
+  // LoRA's A with dropout 0.05, rank 16, on one 512-token row: fused Philox mask vs ATen dropout + linear.
+  for (int64_t in : {hidden, inner}) {
+    const int64_t t = 512, r = 16;
+    at::Tensor x = leaf({t, in}), a = leaf({r, in});
+    const double n = static_cast<double>(t * in);
+    bench_op({"dropout 0.05 + linear [512, " + std::to_string(in) + "] -> 16", (n + r * in + t * r) * f,
+              (2 * n + 2 * r * in + t * r) * f,
+              [&](bool fused) {
+                return fused ? sft::kernels::dropout_linear(x, a, 0.05) : sft::kernels::composite_dropout_linear(x, a, 0.05);
               }},
              reps);
   }

@@ -398,6 +398,7 @@ json run_fingerprint(const Config& config) {
   fp["chat_template"] = enum_name(config.data.chat_template);
   fp["data_format"] = enum_name(config.data.format);
   fp["data_direction"] = enum_name(config.data.direction);
+  fp["fused_ops"] = kernels::fused_ops_choice_names(config.model.fused_ops);  // e.g. dropout changes the masks
   json data = json::array();
   for (const std::string& file : config.data.train) data.push_back({{"path", file}, {"sha256", sha256_file(file)}});
   fp["data_train"] = data;
@@ -423,6 +424,10 @@ std::vector<std::string> fingerprint_differences(const json& saved, const json& 
   // A checkpoint from before data.direction existed was trained forward.
   if (const std::string was = saved.value("data_direction", std::string("forward")); was != current["data_direction"]) {
     out.push_back("data.direction changed from '" + was + "' to '" + current["data_direction"].get<std::string>() + "'");
+  }
+  // A checkpoint from before model.fused_ops was fingerprinted: not compared.
+  if (saved.contains("fused_ops") && saved["fused_ops"] != current["fused_ops"]) {
+    out.push_back("model.fused_ops changed from " + saved["fused_ops"].dump() + " to " + current["fused_ops"].dump());
   }
   const json saved_train = saved.value("data_train", json::array());
   const json& now_train = current["data_train"];

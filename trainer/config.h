@@ -29,7 +29,7 @@ struct ModelOptions {
   std::string path;                    // HF model dir (required)
   model::DtypeChoice dtype = model::DtypeChoice::kAuto;
   kernels::AttentionImpl attention = kernels::AttentionImpl::Auto;  // a config name only (kernels/choices.h)
-  kernels::FusedOpsChoice fused_ops;   // auto | none | list of rmsnorm, rope, swiglu, linear_ce
+  kernels::FusedOpsChoice fused_ops;   // auto | none | list of rmsnorm, rope, swiglu, linear_ce, dropout
   bool gradient_checkpointing = false;
   bool deterministic_attention = false;  // fused attention's deterministic backward (kernels/README.md)
   Quantization quantization = Quantization::kNone;  // QLoRA's 4-bit base (model/quantize.h); LoRA only
