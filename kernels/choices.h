@@ -22,7 +22,7 @@ enum class AttentionImpl { Auto, Fused, Sdpa, Eager, FusedDeterministic, TorchFl
 constexpr bool deterministic_backward(AttentionImpl impl) { return impl == AttentionImpl::FusedDeterministic; }
 
 // One of the fused ops `model.fused_ops` lists.
-enum class FusedOp { RmsNorm, Rope, SwiGlu, LinearCe };
+enum class FusedOp { RmsNorm, Rope, SwiGlu, LinearCe, Projections };
 
 // `model.fused_ops` as written: [auto] (the ops measured faster on the run's device), [none], or a list.
 struct FusedOpsChoice {
@@ -57,11 +57,12 @@ struct EnumNames<kernels::AttentionImpl> {
 
 template <>
 struct EnumNames<kernels::FusedOp> {
-  static constexpr std::array<std::pair<kernels::FusedOp, const char*>, 4> entries{{
+  static constexpr std::array<std::pair<kernels::FusedOp, const char*>, 5> entries{{
       {kernels::FusedOp::RmsNorm, "rmsnorm"},
       {kernels::FusedOp::Rope, "rope"},
       {kernels::FusedOp::SwiGlu, "swiglu"},
       {kernels::FusedOp::LinearCe, "linear_ce"},
+      {kernels::FusedOp::Projections, "projections"},
   }};
 };
 
