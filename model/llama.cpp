@@ -179,6 +179,10 @@ MLPImpl::MLPImpl(const ModelConfig& config, const at::TensorOptions& options, Sh
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) {
+  if (!ops_->group_projections) {
+    // Unchanged expression, so the unfused path stays bit for bit (and allocation for allocation) today's.
+    return down_proj->forward(ops_->swiglu(gate_proj->forward(x), up_proj->forward(x)));
+  }
   const std::vector<at::Tensor> gate_up = project_group(x, {gate_proj.get(), up_proj.get()}, *ops_);
   return down_proj->forward(ops_->swiglu(gate_up[0], gate_up[1]));
 }
