@@ -22,7 +22,7 @@ enum class AttentionImpl { Auto, Fused, Sdpa, Eager, FusedDeterministic, TorchFl
 constexpr bool deterministic_backward(AttentionImpl impl) { return impl == AttentionImpl::FusedDeterministic; }
 
 // One of the fused ops `model.fused_ops` lists.
-enum class FusedOp { RmsNorm, Rope, SwiGlu, LinearCe, Dropout };
+enum class FusedOp { RmsNorm, Rope, SwiGlu, LinearCe, Dropout, Projections };
 
 // `model.fused_ops` as written: [auto] (the ops measured faster on the run's device), [none], or a list.
 struct FusedOpsChoice {
@@ -63,6 +63,7 @@ struct EnumNames<kernels::FusedOp> {
       {kernels::FusedOp::SwiGlu, "swiglu"},
       {kernels::FusedOp::LinearCe, "linear_ce"},
       {kernels::FusedOp::Dropout, "dropout"},  // LoRA's dropout + lora_A (kernels/dropout_linear.h)
+      {kernels::FusedOp::Projections, "projections"},
   }};
 };
 

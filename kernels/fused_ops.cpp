@@ -494,6 +494,8 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
       // dropout on the CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits:
       // opt in). On CUDA none yet: the CUDA kernels have not run on a GPU (the GPU proof,
       // scripts/gpu_run.sh, runs them).
+      // projections (one GEMM for q/k/v, one for gate/up): opt-in on the CPU too; one SmolLM2 layer timed
+      // faster or equal with it, but on a machine at load 12 the spread hid the gain (README "Fused projections").
       if (device == at::kCPU) ops.rmsnorm = ops.rope = ops.dropout = true;
       return ops;
     case FusedOpsChoice::Mode::None: return ops;
@@ -506,6 +508,7 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
       case FusedOp::SwiGlu: ops.swiglu = true; break;
       case FusedOp::LinearCe: ops.linear_ce = true; break;
       case FusedOp::Dropout: ops.dropout = true; break;
+      case FusedOp::Projections: ops.projections = true; break;
     }
   }
   return ops;
@@ -518,7 +521,8 @@ FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType d
 std::string to_string(const FusedOps& ops) {
   std::string s;
   for (auto [on, op] : {std::pair{ops.rmsnorm, FusedOp::RmsNorm}, {ops.rope, FusedOp::Rope}, {ops.swiglu, FusedOp::SwiGlu},
-                        {ops.linear_ce, FusedOp::LinearCe}, {ops.dropout, FusedOp::Dropout}}) {
+                        {ops.linear_ce, FusedOp::LinearCe}, {ops.dropout, FusedOp::Dropout},
+                        {ops.projections, FusedOp::Projections}}) {
     if (on) s += (s.empty() ? "" : ", ") + std::string(enum_name(op));
   }
   return s.empty() ? "none" : "[" + s + "]";
@@ -536,6 +540,8 @@ OpTable op_table(const FusedOps& ops) {
   table.swiglu = ops.swiglu ? &fused_swiglu : &composite_swiglu;
   table.rotary = ops.rope ? &fused_rotary : &composite_rotary;
   table.linear_ce_sum = ops.linear_ce ? &fused_linear_ce_default : &composite_linear_cross_entropy_sum;
+  table.linear_group = ops.projections ? &fused_linear_group : &composite_linear_group;
+  table.group_projections = ops.projections;
   return table;
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -32,6 +33,10 @@ struct LinearCeChunks {
 // logit and gives a wrong loss rather than a device-side sync).
 at::Tensor fused_linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight,
                                           const at::Tensor& targets, LinearCeChunks chunks = {});
+
+// OpTable::linear_group (kernels/ops.h): one GEMM over adjacent weights, or one at::linear per weight.
+std::vector<at::Tensor> fused_linear_group(const at::Tensor& x, at::TensorList weights, at::TensorList biases);
+std::vector<at::Tensor> composite_linear_group(const at::Tensor& x, at::TensorList weights, at::TensorList biases);
 
 // The composite ATen code each fused op replaces (model/llama.cpp's math before the fused ops).
 at::Tensor composite_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

@@ -55,16 +55,18 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 }  // namespace sft::kernels
 
-// ---- fused RMSNorm / SwiGLU / rotary / linear cross-entropy (kernels/fused_ops.cpp) ----
+// ---- fused RMSNorm / SwiGLU / rotary / linear cross-entropy / projections (kernels/fused_ops.cpp,
+//      kernels/fused_projection.cpp) ----
 namespace sft::kernels {
 
-// Which fused ops a model uses (`model.fused_ops`). Parsed from [auto] (on the CPU: rmsnorm, rope and
-// dropout, the ones measured faster there; on CUDA: none until the GPU proof has run them), [none], or a
-// list of rmsnorm, rope, swiglu, linear_ce, dropout; throws sft::InputError naming any other entry.
+// Which fused ops a model uses (`model.fused_ops`). Parsed from [auto] (on the CPU: the ones measured
+// faster there, kernels/fused_ops.cpp; on CUDA: none until the GPU proof has run them), [none], or a list
+// of rmsnorm, rope, swiglu, linear_ce, dropout, projections; throws sft::InputError naming any other entry.
+// projections: q/k/v as one GEMM and gate/up as one GEMM (and their LoRA A matrices), see linear_group.
 struct FusedOps {
-  bool rmsnorm = false, rope = false, swiglu = false, linear_ce = false;
+  bool rmsnorm = false, rope = false, swiglu = false, linear_ce = false, projections = false;
   bool dropout = false;  // LoRA: lora_A(dropout(x)) as kernels::dropout_linear (Philox mask, never stored)
-  static FusedOps all() { return {true, true, true, true, true}; }
+  static FusedOps all() { return {true, true, true, true, true, true}; }
 };
 FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device);
 FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device = at::kCPU);  // parse + resolve
@@ -83,8 +85,23 @@ struct OpTable {
                                               const at::Tensor& sin);
   // hidden: [N, H], weight: [V, H], targets: int64 [N] -> fp32 scalar sum of the token cross-entropies
   at::Tensor (*linear_ce_sum)(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets);
+  // x: [..., in], weights[i]: [out_i, in], biases: empty or one [out_i] per weight -> {x W_i^T + b_i}, each
+  // [..., out_i]. Fused (kernels/fused_projection.cpp): one GEMM over [sum out_i, in] when the weights (and
+  // biases) are adjacent row blocks of one storage (make_rows_adjacent), the outputs column-block views of
+  // its result, every weight its own gradient; otherwise, and in the composite entry, one at::linear each.
+  std::vector<at::Tensor> (*linear_group)(const at::Tensor& x, at::TensorList weights, at::TensorList biases);
+  // linear_group is the fused one: the model then groups its projections through it (model::project_group).
+  bool group_projections = false;
 };
 OpTable op_table(const FusedOps& ops);
+
+// Whether `parts` (each [rows_i, ...], same trailing sizes, dtype and device) are back-to-back contiguous
+// row blocks of one storage, in order: then the fused linear_group runs them as one GEMM.
+bool rows_adjacent(at::TensorList parts);
+// Makes them so (copying them into one new storage and pointing each at its rows with set_data, under
+// no_grad; values, identities, requires_grad and .grad unchanged). False, and nothing changed, when they
+// cannot share one storage (fewer than 2, different dtypes, devices or trailing sizes).
+bool make_rows_adjacent(at::TensorList parts);
 
 }  // namespace sft::kernels
 

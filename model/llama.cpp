@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <optional>
+#include <stdexcept>
+#include <typeinfo>
 #include <tuple>
 #include <utility>
 
@@ -31,6 +33,61 @@ ProjectionImpl::ProjectionImpl(const ProjectionImpl& base) : torch::nn::Module()
 
 at::Tensor ProjectionImpl::forward(const at::Tensor& x) {
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+}
+
+bool ProjectionImpl::dense_base() const { return typeid(*this) == typeid(ProjectionImpl); }
+
+at::Tensor ProjectionImpl::forward_from_base(const at::Tensor&, const at::Tensor& base_result) { return base_result; }
+
+at::Tensor ProjectionImpl::forward_from_lora_A(const at::Tensor&, const at::Tensor&) {
+  throw std::logic_error("forward_from_lora_A: not a LoRA projection");
+}
+
+// Design: the separate q/k/v (gate/up) modules and their HF-named parameters stay as they are, so loading,
+// checkpoints, export, PEFT adapters and freezing see no difference; only their storage is shared. The
+// optimizer updates each leaf in place, which keeps the layout; what replaces a tensor's data (set_data in
+// .to(), dtype upcasts, PiSSA) is undone here, at the next forward (a few pointer compares when nothing
+// changed). A concatenated weight with split views at save time would instead touch every consumer of
+// named_parameters. With LoRA dropout active each adapter draws its own mask (PEFT does), so their inputs
+// differ and their A matrices stay separate GEMMs; the base GEMM is still shared.
+std::vector<at::Tensor> project_group(const at::Tensor& x, const std::vector<ProjectionImpl*>& group,
+                                      const kernels::OpTable& ops) {
+  std::vector<at::Tensor> outputs;
+  bool fusable = ops.group_projections;
+  std::vector<at::Tensor> weights, biases;
+  for (ProjectionImpl* p : group) {
+    fusable = fusable && p->dense_base() && p->bias.defined() == group[0]->bias.defined();
+    weights.push_back(p->weight);
+    if (p->bias.defined()) biases.push_back(p->bias);
+  }
+  if (!fusable) {
+    for (ProjectionImpl* p : group) outputs.push_back(p->forward(x));
+    return outputs;
+  }
+  kernels::make_rows_adjacent(weights);  // false (then linear_group runs them separately) if dtypes differ
+  if (!biases.empty()) kernels::make_rows_adjacent(biases);
+  const std::vector<at::Tensor> base = ops.linear_group(x, weights, biases);  // [..., out_i] each
+  // The LoRA A matrices that can share one GEMM: x A_i^T for all of them at once, then B_i per module.
+  std::vector<size_t> grouped;
+  std::vector<at::Tensor> a_weights;
+  for (size_t i = 0; i < group.size(); ++i) {
+    at::Tensor a = group[i]->groupable_lora_A();
+    if (a.defined() && (a_weights.empty() || a.scalar_type() == a_weights[0].scalar_type())) {
+      grouped.push_back(i);
+      a_weights.push_back(a);
+    }
+  }
+  std::vector<at::Tensor> a_outputs(group.size());
+  if (grouped.size() >= 2) {
+    kernels::make_rows_adjacent(a_weights);
+    const std::vector<at::Tensor> a = ops.linear_group(x.to(a_weights[0].scalar_type()), a_weights, {});  // [..., r_i]
+    for (size_t j = 0; j < grouped.size(); ++j) a_outputs[grouped[j]] = a[j];
+  }
+  for (size_t i = 0; i < group.size(); ++i) {
+    outputs.push_back(a_outputs[i].defined() ? group[i]->forward_from_lora_A(base[i], a_outputs[i])
+                                             : group[i]->forward_from_base(x, base[i]));
+  }
+  return outputs;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -95,9 +152,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
                                   const kernels::PackedSequences& seqs, kernels::AttentionImpl impl,
                                   LayerKvCache cache) {
   const int64_t tokens = x.size(0);
-  at::Tensor q = q_proj->forward(x).view({tokens, num_heads, head_dim});     // [T, Hq, D]
-  at::Tensor k = k_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
-  at::Tensor v = v_proj->forward(x).view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
+  const std::vector<at::Tensor> qkv = project_group(x, {q_proj.get(), k_proj.get(), v_proj.get()}, *ops_);
+  at::Tensor q = qkv[0].view({tokens, num_heads, head_dim});     // [T, Hq, D]
+  at::Tensor k = qkv[1].view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
+  at::Tensor v = qkv[2].view({tokens, num_kv_heads, head_dim});  // [T, Hkv, D]
   std::tie(q, k) = ops_->rotary(q, k, cos, sin);  // x * cos + rotate_half(x) * sin
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   at::Tensor attended;  // [T, Hq, D]
@@ -121,7 +179,12 @@ MLPImpl::MLPImpl(const ModelConfig& config, const at::TensorOptions& options, Sh
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) {
-  return down_proj->forward(ops_->swiglu(gate_proj->forward(x), up_proj->forward(x)));
+  if (!ops_->group_projections) {
+    // Unchanged expression, so the unfused path stays bit for bit (and allocation for allocation) today's.
+    return down_proj->forward(ops_->swiglu(gate_proj->forward(x), up_proj->forward(x)));
+  }
+  const std::vector<at::Tensor> gate_up = project_group(x, {gate_proj.get(), up_proj.get()}, *ops_);
+  return down_proj->forward(ops_->swiglu(gate_up[0], gate_up[1]));
 }
 
 // ---------------------------------------------------------------------------------------------------

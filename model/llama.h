@@ -5,8 +5,9 @@
 // Training, evaluation and KV-cache decoding run the same forward; decoding passes a KvCache
 // (ForwardOptions::cache), with which each attention appends its new keys/values and attends over the
 // cached ones (model/kv_cache.h, as gpt-fast passes input_pos and a cache through one Attention.forward).
-// RMSNorm, rotary embedding, SwiGLU and the target loss go through one kernels::OpTable shared by every
-// module (`model.fused_ops`): the fused kernels or the composite ATen math, chosen once, never per call.
+// RMSNorm, rotary embedding, SwiGLU, the target loss and the q/k/v and gate/up projections go through one
+// kernels::OpTable shared by every module (`model.fused_ops`): the fused kernels or the composite ATen
+// math, chosen once, never per call.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -14,6 +15,7 @@
 
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "kernels/ops.h"
 #include "model/config.h"
@@ -31,6 +33,17 @@ class ProjectionImpl : public torch::nn::Module {
   // Shares the parameters of `base` (used by LoRA wrappers).
   explicit ProjectionImpl(const ProjectionImpl& base);
   virtual at::Tensor forward(const at::Tensor& x);  // x: [..., in] -> [..., out]
+
+  // The hooks of the fused q/k/v and gate/up GEMMs (project_group below; model.fused_ops projections).
+  // Whether the base part is x W^T + b over `weight`/`bias`, so it can share one GEMM with its siblings:
+  // a plain projection, or LoRA over one; not an NF4 (QLoRA) base or any other subclass.
+  virtual bool dense_base() const;
+  // forward(x) given base_result = x W^T + b computed elsewhere; a plain projection returns it.
+  virtual at::Tensor forward_from_base(const at::Tensor& x, const at::Tensor& base_result);
+  // LoRA whose A matrix may share one GEMM with its siblings' (no dropout active, no DoRA): lora_A.weight
+  // [r, in]; otherwise undefined. Then forward_from_lora_A(base_result, x A^T) == forward(x).
+  virtual at::Tensor groupable_lora_A() { return {}; }
+  virtual at::Tensor forward_from_lora_A(const at::Tensor& base_result, const at::Tensor& a);
   int64_t in_features() const { return weight.size(1); }
   int64_t out_features() const { return weight.size(0); }
 
@@ -38,6 +51,14 @@ class ProjectionImpl : public torch::nn::Module {
   at::Tensor bias;    // [out] or undefined
 };
 TORCH_MODULE(Projection);
+
+// The outputs of projections of one input x (q/k/v of an attention, gate/up of an MLP), each [..., out_i].
+// Equal to {p->forward(x)} for each p; with ops.group_projections (model.fused_ops projections) the dense base
+// parts run as one GEMM (kernels/ops.h linear_group), and so do the A matrices of the groupable LoRA
+// adapters among them; their weights are first made adjacent row blocks of one storage if a transform
+// (loading, .to(), a dtype change) has separated them. Otherwise one forward per projection, as before.
+std::vector<at::Tensor> project_group(const at::Tensor& x, const std::vector<ProjectionImpl*>& group,
+                                      const kernels::OpTable& ops);
 
 class RMSNormImpl : public torch::nn::Module {
  public:

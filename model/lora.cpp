@@ -47,8 +47,18 @@ at::Tensor LoraProjectionImpl::base_forward(const at::Tensor& x) {
 
 at::Tensor LoraProjectionImpl::base_weight() const { return quantized_base ? quantized_base->dense_weight() : weight; }
 
-at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) {
-  at::Tensor result = base_forward(x);
+at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) { return forward_from_base(x, base_forward(x)); }
+
+at::Tensor LoraProjectionImpl::groupable_lora_A() {
+  // With dropout each adapter draws its own mask (as PEFT's per-module nn.Dropout), so A x differs per module.
+  return (dropout > 0 && is_training()) || is_dora() ? at::Tensor() : lora_A->weight;
+}
+
+at::Tensor LoraProjectionImpl::forward_from_lora_A(const at::Tensor& base_result, const at::Tensor& a) {
+  return base_result + (lora_B->forward(a) * scale).to(base_result.scalar_type());
+}
+
+at::Tensor LoraProjectionImpl::forward_from_base(const at::Tensor& x, const at::Tensor& result) {
   at::Tensor lora_input = x.to(lora_A->weight.scalar_type());
   at::Tensor lora_hidden;  // A x': [..., r]
   if (fused_dropout && dropout > 0 && is_training() && !is_dora()) {

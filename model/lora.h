@@ -27,7 +27,14 @@ class Nf4ProjectionImpl;  // model/quantize.h
 class LoraProjectionImpl : public ProjectionImpl {
  public:
   LoraProjectionImpl(const ProjectionImpl& base, int64_t rank, double scale, double dropout, bool dora = false);
-  at::Tensor forward(const at::Tensor& x) override;
+  at::Tensor forward(const at::Tensor& x) override;  // forward_from_base(x, base_forward(x))
+  // The fused q/k/v, gate/up GEMMs (model::project_group): the base part comes from the shared base GEMM
+  // (not with an NF4 base), and with no dropout active and no DoRA the A part from the shared A GEMM:
+  // forward_from_lora_A(base_result, x A^T) = base_result + scale * B (x A^T), as forward computes it.
+  bool dense_base() const override { return !is_quantized(); }
+  at::Tensor forward_from_base(const at::Tensor& x, const at::Tensor& result) override;
+  at::Tensor groupable_lora_A() override;
+  at::Tensor forward_from_lora_A(const at::Tensor& base_result, const at::Tensor& a) override;
   // The frozen base: x W^T + b (QLoRA: through the NF4 weight), and W [out, in] in the base dtype.
   at::Tensor base_forward(const at::Tensor& x);
   at::Tensor base_weight() const;

@@ -2,7 +2,8 @@
 // replaces, on the CPU, at SmolLM2-135M's shapes on a packed micro-batch of 4 x 512 tokens (hidden 576,
 // MLP 1536, 9 q / 3 kv heads of 64; LoRA's dropout + A on one 512-token row, rank 16): median ms of the forward and of forward+backward, and the GB/s
 // of the forward's and backward's compulsory memory traffic. Then the loss memory (peak RSS growth) of
-// the fused linear cross-entropy against plain logits at V = 49,152 and 128,256.
+// the fused linear cross-entropy against plain logits at V = 49,152 and 128,256. The fused projections
+// (q/k/v, gate/up as one GEMM) run at T = 512.
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -81,7 +82,7 @@ int ops_command(int argc, char** argv) {
   const int reps = argc > 2 ? std::stoi(argv[2]) : 20;
   torch::manual_seed(0);
   const int64_t tokens = 2048, hidden = 576, inner = 1536, hq = 9, hkv = 3, d = 64;
-  std::printf("CPU, fp32, %d threads, %d reps (median); T = %lld tokens\n\n", at::get_num_threads(), reps,
+  std::printf("CPU, fp32, %d threads, %d reps (median); T = %lld tokens (projections: 512)\n\n", at::get_num_threads(), reps,
               static_cast<long long>(tokens));
   std::printf("| op | implementation | forward ms | forward GB/s | backward ms | backward GB/s |\n");
   std::printf("|---|---|---:|---:|---:|---:|\n");
@@ -126,6 +127,34 @@ int ops_command(int argc, char** argv) {
                 return fused ? sft::kernels::dropout_linear(x, a, 0.05) : sft::kernels::composite_dropout_linear(x, a, 0.05);
               }},
              reps);
+  }
+  // Fused projections at T = 512 (one packed row): q/k/v [576 -> 576 + 192 + 192] and gate/up
+  // [576 -> 2 x 1536], one GEMM over adjacent weights against one at::linear per weight; trained weights
+  // (full fine-tuning: d x and d W) and frozen ones (LoRA's base: d x only).
+  for (bool trained : {true, false}) {
+    const int64_t rows = 512;
+    for (const std::vector<int64_t>& outs : {std::vector<int64_t>{hq * d, hkv * d, hkv * d}, std::vector<int64_t>{inner, inner}}) {
+      std::vector<at::Tensor> weights;
+      int64_t total = 0;
+      for (int64_t o : outs) {
+        weights.push_back((torch::randn({o, hidden}) * 0.02).requires_grad_(trained));
+        total += o;
+      }
+      sft::kernels::make_rows_adjacent(weights);
+      at::Tensor x = leaf({rows, hidden});
+      const double w_bytes = static_cast<double>(total * hidden) * f;
+      const double io = static_cast<double>(rows) * (hidden + total) * f;
+      const std::string name = std::string(outs.size() == 3 ? "q/k/v" : "gate/up") + " [512, 576] -> " +
+                               std::to_string(total) + (trained ? ", weights trained" : ", weights frozen");
+      bench_op({name, w_bytes + io, (trained ? 2 : 1) * w_bytes + 2 * io,
+                [&](bool fused) {
+                  std::vector<at::Tensor> out = fused ? sft::kernels::fused_linear_group(x, weights, {})
+                                                      : sft::kernels::composite_linear_group(x, weights, {});
+                  for (at::Tensor& o : out) o = o.flatten();
+                  return at::cat(out);  // the same copy on both sides
+                }},
+               reps);
+    }
   }
   {
     const int64_t n = 1024, vocab = 49152;

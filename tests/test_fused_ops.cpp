@@ -282,7 +282,7 @@ TEST(FusedLinearCe, Llama3VocabularyMatchesCompositeWithChunkSizedTemporaries) {
 // ---- the model with and without the fused ops ----
 TEST(FusedOpsModel, EveryFusedOpMatchesTheCompositeModel) {
   model::CausalLM lm = model::load_pretrained(golden_dir() / "models" / "llama_gqa", at::kFloat, at::kCPU);
-  ASSERT_EQ(kernels::to_string(lm->fused_ops()), "[rmsnorm, rope, swiglu, linear_ce, dropout]");  // CausalLM default: FusedOps::all()
+  ASSERT_EQ(kernels::to_string(lm->fused_ops()), "[rmsnorm, rope, swiglu, linear_ce, dropout, projections]");  // CausalLM default: FusedOps::all()
   for (auto& p : lm->parameters()) p.set_requires_grad(true);
   const int64_t n = 19;
   at::Tensor ids = torch::randint(lm->config().vocab_size, {n}, at::kLong);
