@@ -58,7 +58,10 @@ print("| variant | packed 512 tokens/s | packed peak RSS MiB | packed minor faul
       " | padded minor faults | load |")
 print("|---|---|---|---|---|---|---|---|")
 for label in dict.fromkeys(r["label"] for r in rows):
-    mine = [r["results"] for r in rows if r["label"] == label]
+    mine = [r["results"] for r in rows if r["label"] == label and all(v["sft"] for v in r["results"].values())]
+    if not mine:
+        print(f"| {label} | timed out | | | | | | |")
+        continue
     med = lambda case, key: statistics.median(m[case]["sft"][key] for m in mine)
     load = statistics.mean(m[c]["sft"]["load"] for m in mine for c in m)
     cells = [f"{med(c, 'tokens_per_s'):.0f} | {med(c, 'rss'):.0f} | {med(c, 'minor_faults') / 1e3:.0f}k"

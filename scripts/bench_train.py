@@ -145,21 +145,33 @@ class GpuMemoryPeak:
         return None if self.peak is None else self.peak - self.base
 
 
-def peak_rss_of(cmd, gpu=False, **kwargs):
-    """Runs cmd and returns (stdout, stderr, its peak RSS in MiB, seconds, peak GPU MiB or None). One child
-    at a time; wait4 gives this child's own rusage."""
+def peak_rss_of(cmd, gpu=False, timeout=None, **kwargs):
+    """Runs cmd and returns (stdout, stderr, {rss MiB, minor_faults}, seconds, peak GPU MiB or None); stdout
+    is None when it ran past `timeout` seconds (then it is killed). One child at a time; wait4 gives this
+    child's own rusage."""
     start = time.time()
     memory = GpuMemoryPeak(gpu)
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
         proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, **kwargs)  # files: no pipe stalls
-        _, status, usage = os.wait4(proc.pid, 0)
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout and time.time() - start > timeout:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                timed_out = True
+                break
+            time.sleep(0.05)
         gpu_peak = memory.finish()
         out_file.seek(0), err_file.seek(0)
         out, err = out_file.read(), err_file.read()
     code = os.waitstatus_to_exitcode(status)
-    if code != 0:
+    if code != 0 and not timed_out:
         sys.exit(f"bench_train: {cmd[0]} failed ({code}):\n{out}\n{err}")
-    return out, err, {"rss": usage.ru_maxrss / 1024.0, "minor_faults": usage.ru_minflt}, time.time() - start, gpu_peak
+    usage = {"rss": usage.ru_maxrss / 1024.0, "minor_faults": usage.ru_minflt}
+    return None if timed_out else out, err, usage, time.time() - start, gpu_peak
 
 
 # Targets of issue 17 (SmolLM2-135M against transformers + PEFT in the same run).
@@ -285,15 +297,17 @@ def run_sft(args, work, model_dir, tokens_file, case, steps, name, env):
     load = os.getloadavg()[0]
     start = time.time()
     prefix = args.sft_prefix.split() if args.sft_prefix else []
-    _, _, usage, _, gpu_mib = peak_rss_of(prefix + [args.sft, "train", str(cfg), "--force"], gpu=args.device == "cuda", env=env)
+    out, _, usage, _, gpu_mib = peak_rss_of(prefix + [args.sft, "train", str(cfg), "--force"], gpu=args.device == "cuda",
+                                            timeout=args.case_timeout, env=env)
+    if out is None:
+        return None
     lines = [json.loads(l) for l in open(work / name / "metrics.jsonl")]
     rest = lines[1:]
     span = rest[-1]["elapsed_s"] - lines[0]["elapsed_s"]
     setup_s = (time.time() - start) - lines[-1]["elapsed_s"]  # elapsed_s starts after setup
     return {"tokens_per_s": sum(l["tokens"] for l in rest) / span,
             "targets_per_s": sum(l["target_tokens"] for l in rest) / span,
-            "first_step_s": lines[0]["elapsed_s"] + setup_s, "gpu": gpu_mib, "load": load, **usage,
-            "faults_per_step": usage["minor_faults"] / len(lines)}
+            "first_step_s": lines[0]["elapsed_s"] + setup_s, "gpu": gpu_mib, "load": load, **usage}
 
 
 def run_hf(args, work, model_dir, batches, case, name):
@@ -305,7 +319,10 @@ def run_hf(args, work, model_dir, batches, case, name):
     autocast = "bf16" if precision == "bf16" or args.device == "cuda" else "none"
     load = os.getloadavg()[0]
     out, _, usage, _, gpu_mib = peak_rss_of([args.python, "-c", HF_LOOP, str(model_dir), str(batch_file), str(args.threads),
-                                           str(args.rank), method, autocast, args.device], gpu=args.device == "cuda", env=env)
+                                           str(args.rank), method, autocast, args.device], gpu=args.device == "cuda",
+                                            timeout=args.case_timeout, env=env)
+    if out is None:
+        return None
     result = json.loads(out.strip().splitlines()[-1])
     result.update(**usage, gpu=gpu_mib, load=load, tokens_per_s=result["tokens"] / result["elapsed"],
                   targets_per_s=sum(targets_of(b) for b in batches[1:]) / result["elapsed"])
@@ -363,13 +380,15 @@ def print_table(args, results, peaks, matmul_cfg, estimate):
         peak = peaks[precision] * 1e9
         for who, r in (("sft", ours), ("HF", hf)):
             if r is None:
+                if who == "sft" or not args.sft_only:
+                    print(f"| {case} | {who} | timed out (--case-timeout {args.case_timeout:.0f} s) | | | | | | | |")
                 continue
             mfu = (r["tokens_per_s"] * flops[0] + r["targets_per_s"] * flops[1]) / peak
             mfu_text = f"{100 * mfu:.1f}%"
             if who == "sft" and precision == "fp32" and rows == "packed" and args.model == "smollm2":
                 mfu_text += f" ({'met' if mfu >= TARGET_MFU_FP32_PACKED else 'not met'}: >= {TARGET_MFU_FP32_PACKED:.0%})"
             ratio = rss = ""
-            if who == "sft" and hf is not None:
+            if who == "sft" and hf is not None and ours is not None:
                 smol = args.model == "smollm2"
                 ratio = fmt_ratio(ours["tokens_per_s"] / hf["tokens_per_s"], TARGET_SPEEDUP[method] if smol else None)
                 rss = fmt_ratio(ours["rss"] / hf["rss"], TARGET_RSS_RATIO if smol else None, higher=False)
@@ -393,6 +412,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--peak-seconds", type=float, default=3.0, help="seconds of torch.mm per dtype")
+    parser.add_argument("--case-timeout", type=float, default=240.0,
+                        help="seconds one runner may take on one case before it is killed (bounds the run)")
     parser.add_argument("--sft-only", action="store_true", help="skip the HF runner (allocator/thread sweeps)")
     parser.add_argument("--sft-env", action="append", default=[], help="KEY=VALUE for the sft process (repeatable)")
     parser.add_argument("--omp-wait-policy", choices=["passive", "active", "libgomp-default"], default="passive",
@@ -448,6 +469,8 @@ def main():
                 f" vocab {model_cfg['vocab_size']}", estimate)
     if args.device == "cuda":
         for case, (ours, hf, _) in results.items():
+            if ours is None or hf is None:
+                continue
             mib = lambda x: "n/a" if x is None else f"{x:.0f}"
             print(f"\npeak GPU MiB (nvidia-smi): sft {mib(ours['gpu'])}, HF {mib(hf['gpu'])}; "
                   f"HF torch peak allocated {hf['torch_peak_allocated_mib']:.0f} MiB")
