@@ -12,7 +12,8 @@ APT_PACKAGES=(cmake g++ make ccache pkg-config python3-venv
               bsdgames clang libclang-rt-14-dev
               libgloo-dev  # the gloo headers of ProcessGroupGloo.hpp (torch ships none)
               libprotobuf-dev protobuf-compiler libisal-dev zlib1g-dev  # TensorBoard events, CRC32C, .gz data
-              libssl-dev)  # libcrypto: SHA-256 of checkpoint files
+              libssl-dev  # libcrypto: SHA-256 of checkpoint files
+              libjemalloc2 libtcmalloc-minimal4)  # the allocators scripts/bench_runtime.sh preloads (sft links neither)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

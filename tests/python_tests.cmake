@@ -11,6 +11,7 @@ set(SFT_PYTHON_TESTS
   tests/python/test_tensorboard.py
   tests/python/test_plot_run.py
   tests/python/test_install.py
+  tests/python/test_process_defaults.py
   tests/python/test_data_files.py
   tests/python/test_synth.py
   tests/python/test_synth_real.py

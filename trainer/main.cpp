@@ -7,8 +7,10 @@
 
 #include "common/errors.h"
 #include "trainer/commands.h"
+#include "trainer/process_defaults.h"
 
 int main(int argc, char** argv) {
+  sft::apply_process_defaults(argv);  // first: may re-execute the binary once (OpenMP wait policy)
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
     return sft::run_sft(args);

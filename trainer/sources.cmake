@@ -22,4 +22,5 @@ list(APPEND SFT_TRAINER_SOURCES trainer/process_group.cpp trainer/grad_sync.cpp 
 set(SFT_PROCESS_GROUP_SOURCE trainer/process_group.cpp)
 list(APPEND SFT_TRAINER_SOURCES trainer/launch.cpp trainer/launch_process.cpp)  # sft launch
 list(APPEND SFT_TRAINER_SOURCES trainer/train_logs.cpp trainer/version.cpp)  # run logs (JSONL + TensorBoard), sft --version
+list(APPEND SFT_TRAINER_SOURCES trainer/process_defaults.cpp)  # OpenMP wait policy + malloc tuning at start
 # trainer/tensorboard.cpp is its own library (sft_tensorboard, CMakeLists.txt): it must not see LibTorch's protobuf headers.

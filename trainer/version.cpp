@@ -2,6 +2,8 @@
 // hooks, the loaded NCCL), not of the build machine, so an installed binary reports what it will use.
 #include "trainer/version.h"
 
+#include "trainer/process_defaults.h"
+
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <dlfcn.h>
@@ -80,6 +82,7 @@ std::string version_report() {
 #endif
   out << "GPU: " << gpu_text() << "\n";
   out << "NCCL: " << nccl_version_text() << "\n";
+  out << process_defaults_report();
   return out.str();
 }
 
