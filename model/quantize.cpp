@@ -32,6 +32,9 @@ at::Tensor nearest_code(const at::Tensor& scaled, const at::Tensor& code) {
   return at::bucketize(scaled, bounds, /*out_int32=*/true).to(at::kByte);
 }
 
+// Elements quantised per pass (model/quantize.cpp quantize_nf4): 256 KiB of fp32 temporaries each.
+constexpr int64_t kQuantizeChunkElements = int64_t{1} << 16;
+
 }  // namespace
 
 at::Tensor nf4_nested_code() {
@@ -61,12 +64,26 @@ kernels::Nf4Tensors quantize_nf4(const at::Tensor& weight, bool double_quant, in
   q.rows = weight.size(0);
   q.cols = weight.size(1);
   q.blocksize = blocksize;
-  auto [absmax, scaled] = blockwise_scale(weight.detach().reshape({-1}).to(at::kFloat), blocksize);
+  const at::Tensor flat = weight.detach().reshape({-1});
+  const int64_t n = flat.numel(), blocks = (n + blocksize - 1) / blocksize;
   const at::Tensor code = at::from_blob(const_cast<float*>(kernels::kNf4Code), {16}, at::kFloat).to(weight.device(), /*non_blocking=*/false, /*copy=*/true);
-  at::Tensor codes = nearest_code(scaled, code);
-  if (codes.numel() % 2) codes = at::cat({codes, nearest_code(at::zeros({1}, scaled.options()), code)});
-  codes = codes.view({-1, 2});
-  q.codes = (codes.select(1, 0).bitwise_left_shift(4).bitwise_or(codes.select(1, 1))).contiguous().view({-1, 1});
+  at::Tensor absmax = at::empty({blocks}, flat.options().dtype(at::kFloat));
+  q.codes = at::empty({(n + 1) / 2, 1}, flat.options().dtype(at::kByte));
+  // Chunks of whole blocks (an even number: bytes never straddle two), so the fp32 temporaries stay
+  // small whatever the weight: a weight-sized set of them per projection, allocated and freed while a
+  // model loads, makes glibc's heap touch as much memory as the dense projections (README "QLoRA").
+  // Every block is independent, so the result is the same as one pass over the whole weight.
+  const int64_t chunk = std::max<int64_t>(1, kQuantizeChunkElements / (2 * blocksize)) * 2 * blocksize;
+  at::Tensor packed = q.codes.view({-1});
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    const int64_t count = std::min(chunk, n - begin);
+    auto [chunk_absmax, scaled] = blockwise_scale(flat.narrow(0, begin, count).to(at::kFloat), blocksize);
+    absmax.narrow(0, begin / blocksize, chunk_absmax.numel()).copy_(chunk_absmax);
+    at::Tensor codes = nearest_code(scaled, code);
+    if (codes.numel() % 2) codes = at::cat({codes, nearest_code(at::zeros({1}, scaled.options()), code)});
+    codes = codes.view({-1, 2});
+    packed.narrow(0, begin / 2, codes.size(0)).copy_(codes.select(1, 0).bitwise_left_shift(4).bitwise_or(codes.select(1, 1)));
+  }
   if (!double_quant) {
     q.absmax = absmax.contiguous();
     return q;

@@ -27,5 +27,5 @@ list(APPEND SFT_TEST_SOURCES tests/test_dist.cpp)  # multi-process pieces (the r
 list(APPEND SFT_TEST_SOURCES tests/launch_test_util.cpp tests/test_launch.cpp tests/test_launch_signals.cpp)  # sft launch
 list(APPEND SFT_TEST_SOURCES tests/test_data_files.cpp tests/test_tensorboard.cpp)  # .json/.gz data; TensorBoard files
 list(APPEND SFT_TEST_SOURCES tests/test_fused_ops.cpp)  # fused RMSNorm / SwiGLU / RoPE / linear CE
-list(APPEND SFT_TEST_SOURCES tests/test_qlora_nf4.cpp tests/test_qlora.cpp)  # QLoRA: NF4 kernels, transform, training, merge
+list(APPEND SFT_TEST_SOURCES tests/test_qlora_nf4.cpp tests/test_qlora.cpp tests/test_qlora_load.cpp)  # QLoRA: NF4 kernels, transform, training, merge, loading
 list(APPEND SFT_TEST_SOURCES tests/test_synth.cpp tests/test_synth_pipeline.cpp tests/test_synth_direction.cpp)  # sft synth
