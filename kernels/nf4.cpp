@@ -56,15 +56,64 @@ OpDtype op_dtype(at::ScalarType t) {
   }
 }
 
+// Rows per tile of nf4_linear: at most tile_elements dense elements, even when cols is odd so every
+// tile starts on a byte boundary.
+int64_t tile_rows_of(const Nf4Tensors& w, int64_t tile_elements) {
+  int64_t tile_rows = std::max<int64_t>(1, std::min(w.rows, tile_elements / w.cols));
+  if (w.cols % 2) tile_rows += tile_rows % 2;
+  return std::min(tile_rows, w.rows);
+}
+
+// Rows [row_begin, row_begin + out.size(0)) of W into `out` (contiguous, on the codes' device).
+void dequantize_rows_into(const Nf4Tensors& w, const at::Tensor& out, int64_t row_begin) {
+  Nf4DequantParams p;
+  p.codes = w.codes.data_ptr<uint8_t>();
+  if (w.double_quant()) {
+    p.absmax_codes = w.absmax.data_ptr<uint8_t>();
+    p.nested_absmax = w.nested_absmax.data_ptr<float>();
+    p.nested_code = w.nested_code.data_ptr<float>();
+    p.nested_offset = w.nested_offset;
+  } else {
+    p.absmax = w.absmax.data_ptr<float>();
+  }
+  p.begin = row_begin * w.cols;
+  p.count = out.size(0) * w.cols;
+  p.blocksize = w.blocksize;
+  p.out = out.data_ptr();
+  p.dtype = op_dtype(out.scalar_type());
+  if (w.codes.is_cuda()) {
+#ifdef SFT_WITH_CUDA
+    const int code = nf4_dequantize_cuda(p, at::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(code == 0, "nf4 dequantize: CUDA launch failed with error ", code);
+#else
+    TORCH_CHECK(false, "nf4 dequantize: this build has no CUDA kernels");
+#endif
+  } else {
+    cpu::nf4_dequantize(p);
+  }
+}
+
+// One tile for a matmul, used before the next is made: in w.workspace when it is there (CPU) and large
+// enough, else a new tensor.
+at::Tensor matmul_tile(const Nf4Tensors& w, at::ScalarType dtype, int64_t row_begin, int64_t row_count) {
+  const int64_t bytes = row_count * w.cols * static_cast<int64_t>(c10::elementSize(dtype));
+  if (!w.workspace.defined() || !w.codes.is_cpu() || !w.workspace.is_cpu() || w.workspace.numel() < bytes) {
+    return nf4_dequantize(w, dtype, row_begin, row_count);
+  }
+  at::Tensor tile = w.workspace.narrow(0, 0, bytes).view(dtype).view({row_count, w.cols});
+  dequantize_rows_into(w, tile, row_begin);
+  return tile;
+}
+
 // Autograd: forward(x) = x W^T by row tiles; backward: dx = dy W by the same tiles. Nothing but the
-// quantised tensors is kept for backward.
+// quantised tensors (and the workspace the tiles go to) is kept for backward.
 class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const Nf4Tensors& w, int64_t tile_rows) {
     std::vector<at::Tensor> parts;
     for (int64_t r0 = 0; r0 < w.rows; r0 += tile_rows) {
       const int64_t n = std::min(tile_rows, w.rows - r0);
-      parts.push_back(at::linear(x, nf4_dequantize(w, x.scalar_type(), r0, n)));  // [..., n]
+      parts.push_back(at::linear(x, matmul_tile(w, x.scalar_type(), r0, n)));  // [..., n]
     }
     ctx->saved_data["codes"] = w.codes;
     ctx->saved_data["absmax"] = w.absmax;
@@ -73,6 +122,7 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
       ctx->saved_data["nested_absmax"] = w.nested_absmax;
       ctx->saved_data["nested_code"] = w.nested_code;
     }
+    ctx->saved_data["workspace"] = w.workspace;
     ctx->saved_data["nested_offset"] = static_cast<double>(w.nested_offset);
     ctx->saved_data["rows"] = w.rows;
     ctx->saved_data["cols"] = w.cols;
@@ -90,6 +140,7 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
       w.nested_absmax = ctx->saved_data["nested_absmax"].toTensor();
       w.nested_code = ctx->saved_data["nested_code"].toTensor();
     }
+    w.workspace = ctx->saved_data["workspace"].toTensor();
     w.nested_offset = static_cast<float>(ctx->saved_data["nested_offset"].toDouble());
     w.rows = ctx->saved_data["rows"].toInt();
     w.cols = ctx->saved_data["cols"].toInt();
@@ -102,7 +153,7 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
     at::Tensor dx;
     for (int64_t r0 = 0; r0 < w.rows; r0 += tile_rows) {
       const int64_t n = std::min(tile_rows, w.rows - r0);
-      at::Tensor part = at::matmul(dy.narrow(-1, r0, n), nf4_dequantize(w, dy.scalar_type(), r0, n));  // [..., cols]
+      at::Tensor part = at::matmul(dy.narrow(-1, r0, n), matmul_tile(w, dy.scalar_type(), r0, n));  // [..., cols]
       if (!dx.defined()) dx = n == w.rows ? part : part.to(at::kFloat);
       else dx.add_(part);
     }
@@ -128,31 +179,7 @@ at::Tensor nf4_dequantize(const Nf4Tensors& w, at::ScalarType dtype, int64_t row
   TORCH_CHECK((row_begin * w.cols) % 2 == 0, "nf4: a tile must start on a byte boundary (row ", row_begin,
               " x cols ", w.cols, " is odd)");
   at::Tensor out = at::empty({row_count, w.cols}, w.codes.options().dtype(dtype));
-  Nf4DequantParams p;
-  p.codes = w.codes.data_ptr<uint8_t>();
-  if (w.double_quant()) {
-    p.absmax_codes = w.absmax.data_ptr<uint8_t>();
-    p.nested_absmax = w.nested_absmax.data_ptr<float>();
-    p.nested_code = w.nested_code.data_ptr<float>();
-    p.nested_offset = w.nested_offset;
-  } else {
-    p.absmax = w.absmax.data_ptr<float>();
-  }
-  p.begin = row_begin * w.cols;
-  p.count = row_count * w.cols;
-  p.blocksize = w.blocksize;
-  p.out = out.data_ptr();
-  p.dtype = op_dtype(dtype);
-  if (w.codes.is_cuda()) {
-#ifdef SFT_WITH_CUDA
-    const int code = nf4_dequantize_cuda(p, at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(code == 0, "nf4 dequantize: CUDA launch failed with error ", code);
-#else
-    TORCH_CHECK(false, "nf4 dequantize: this build has no CUDA kernels");
-#endif
-  } else {
-    cpu::nf4_dequantize(p);
-  }
+  dequantize_rows_into(w, out, row_begin);
   return out;
 }
 
@@ -161,9 +188,11 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensors& w, int64_t tile_ele
   TORCH_CHECK(x.size(-1) == w.cols, "nf4 linear: x has ", x.size(-1), " features but the weight has ", w.cols);
   TORCH_CHECK(x.device() == w.codes.device(), "nf4 linear: x on ", x.device(), " but the weight on ",
               w.codes.device());
-  int64_t tile_rows = std::max<int64_t>(1, std::min(w.rows, tile_elements / w.cols));
-  if (w.cols % 2) tile_rows += tile_rows % 2;  // even rows keep every tile on a byte boundary
-  return Nf4LinearFunction::apply(x, w, tile_rows);
+  return Nf4LinearFunction::apply(x, w, tile_rows_of(w, tile_elements));
+}
+
+int64_t nf4_workspace_bytes(const Nf4Tensors& w, int64_t tile_elements) {
+  return tile_rows_of(w, tile_elements) * w.cols * static_cast<int64_t>(sizeof(float));
 }
 
 }  // namespace sft::kernels

@@ -19,9 +19,15 @@ struct Nf4Tensors {
   float nested_offset = 0.f; // double quantisation: the mean subtracted before quantising absmax
   int64_t rows = 0, cols = 0;
   int64_t blocksize = 64;
+  // Optional, CPU only: uint8 bytes that nf4_linear dequantises its row tiles into, reused by every call
+  // instead of a tile allocated and freed per call (which glibc's dynamic mmap threshold turns into a
+  // growing heap: README "QLoRA"). model/quantize.cpp gives every NF4 projection of a model the same
+  // one, of nf4_workspace_bytes over them; calls sharing one must not run concurrently (a model's
+  // forward and backward do not). Not part of the weight: storage_bytes leaves it out.
+  at::Tensor workspace;
   bool double_quant() const { return nested_absmax.defined(); }
   int64_t numel() const { return rows * cols; }
-  int64_t storage_bytes() const;  // bytes of every tensor above
+  int64_t storage_bytes() const;  // bytes of the tensors above but the workspace
 };
 
 // Rows [row_begin, row_begin + row_count) of the dense weight in `dtype` (float, bfloat16, float16):
@@ -32,6 +38,9 @@ at::Tensor nf4_dequantize(const Nf4Tensors& w, at::ScalarType dtype, int64_t row
 // most tile_elements dense elements are dequantised, used and freed one after another.
 inline constexpr int64_t kNf4TileElements = int64_t{1} << 23;  // 8 Mi elements: 32 MiB in fp32
 at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensors& w, int64_t tile_elements = kNf4TileElements);
+// Bytes of nf4_linear's largest row tile of `w` in fp32 (the widest output dtype): a workspace this
+// large serves every call on it.
+int64_t nf4_workspace_bytes(const Nf4Tensors& w, int64_t tile_elements = kNf4TileElements);
 
 
 }  // namespace sft::kernels

@@ -21,8 +21,9 @@ namespace sft::model {
 // Projection
 ProjectionImpl::ProjectionImpl(int64_t in_features, int64_t out_features, bool with_bias,
                                const at::TensorOptions& options) {
-  // Values are overwritten by the checkpoint; initialised only so a fresh module is well defined.
-  weight = register_parameter("weight", at::empty({out_features, in_features}, options).normal_(0.0, 0.02));
+  // Not initialised: the only builder (model/weights.cpp load_pretrained) reads the checkpoint into it,
+  // and an init pass would make every page resident before that (README "QLoRA", load-time memory).
+  weight = register_parameter("weight", at::empty({out_features, in_features}, options));
   if (with_bias) bias = register_parameter("bias", at::zeros({out_features}, options));
 }
 

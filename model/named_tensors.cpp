@@ -18,27 +18,40 @@ NamedTensorSource::NamedTensorSource(std::string label, std::vector<Entry> entri
 NamedTensorSource NamedTensorSource::of(const CheckpointFiles& files, const std::string& dir_label) {
   std::vector<Entry> entries;
   for (const std::string& name : files.tensor_names()) entries.push_back({name, files.info(name).shape, files.file_of(name)});
-  return NamedTensorSource(dir_label, std::move(entries),
-                           [&files](const std::string& name, at::ScalarType dtype) { return files.load(name, dtype); });
+  return NamedTensorSource(dir_label, std::move(entries), [&files](const std::string& name, const at::Tensor& destination) {
+    files.read_into(name, destination);
+  });
 }
 
 NamedTensorSource NamedTensorSource::of(const SafetensorsFile& file) {
   std::vector<Entry> entries;
   for (const StTensorInfo& info : file.header().tensors) entries.push_back({info.name, info.shape, file.path().string()});
-  return NamedTensorSource(file.path().string(), std::move(entries),
-                           [&file](const std::string& name, at::ScalarType dtype) { return file.load(name, dtype); });
+  return NamedTensorSource(file.path().string(), std::move(entries), [&file](const std::string& name, const at::Tensor& destination) {
+    file.read_into(name, destination);
+  });
 }
 
 NamedTensorSource NamedTensorSource::of(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                         const std::string& file) {
   std::vector<Entry> entries;
   for (const auto& [name, tensor] : tensors) entries.push_back({name, tensor.sizes().vec(), file});
-  return NamedTensorSource(file, std::move(entries), [&tensors](const std::string& name, at::ScalarType dtype) {
+  return NamedTensorSource(file, std::move(entries), [&tensors](const std::string& name, const at::Tensor& destination) {
     for (const auto& [have, tensor] : tensors) {
-      if (have == name) return tensor.to(dtype);
+      if (have == name) {
+        destination.copy_(tensor);
+        return;
+      }
     }
     throw std::logic_error("NamedTensorSource: no tensor " + name);
   });
+}
+
+at::Tensor NamedTensorSource::read(const std::string& name, at::ScalarType dtype) const {
+  const Entry* entry = find(name);
+  if (!entry) throw std::logic_error("NamedTensorSource::read: " + label_ + " has no tensor " + name);
+  at::Tensor out = at::empty(entry->shape, at::TensorOptions().dtype(dtype));
+  read_into(name, out);
+  return out;
 }
 
 const NamedTensorSource::Entry* NamedTensorSource::find(const std::string& name) const {
@@ -98,19 +111,20 @@ std::vector<std::string> named_tensor_problems(const NamedTensorSource& source, 
   return problems;
 }
 
+void require_named_tensors_match(const NamedTensorSource& source, const std::vector<TensorSlot>& slots,
+                                 const TensorMatchRules& rules) {
+  const std::vector<std::string> problems = named_tensor_problems(source, slots, rules);
+  if (problems.empty()) return;
+  std::string message = source.label() + ": " + rules.heading + ":";
+  for (const std::string& problem : problems) message += "\n  - " + problem;
+  throw InputError(message);
+}
+
 void load_named_tensors(const NamedTensorSource& source, const std::vector<TensorSlot>& slots,
                         const TensorMatchRules& rules) {
-  const std::vector<std::string> problems = named_tensor_problems(source, slots, rules);
-  if (!problems.empty()) {
-    std::string message = source.label() + ": " + rules.heading + ":";
-    for (const std::string& problem : problems) message += "\n  - " + problem;
-    throw InputError(message);
-  }
+  require_named_tensors_match(source, slots, rules);
   torch::NoGradGuard no_grad;
-  for (const TensorSlot& slot : slots) {
-    at::Tensor destination = slot.destination;
-    destination.copy_(source.read(slot.name, destination.scalar_type()));
-  }
+  for (const TensorSlot& slot : slots) source.read_into(slot.name, slot.destination);
 }
 
 }  // namespace sft::model

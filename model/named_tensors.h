@@ -30,7 +30,8 @@ class NamedTensorSource {
     std::vector<int64_t> shape;
     std::string file;
   };
-  using Reader = std::function<at::Tensor(const std::string& name, at::ScalarType dtype)>;
+  // Fills `destination` (the entry's shape; any dtype it converts to, any device) with the named tensor.
+  using Reader = std::function<void(const std::string& name, const at::Tensor& destination)>;
 
   // `label` names the source in the error's heading (a file or a model directory).
   NamedTensorSource(std::string label, std::vector<Entry> entries, Reader read);
@@ -42,7 +43,9 @@ class NamedTensorSource {
   const std::string& label() const { return label_; }
   const std::vector<Entry>& entries() const { return entries_; }
   const Entry* find(const std::string& name) const;
-  at::Tensor read(const std::string& name, at::ScalarType dtype) const { return read_(name, dtype); }
+  // A checkpoint's reader writes straight into the destination (model/safetensors.h read_into).
+  void read_into(const std::string& name, const at::Tensor& destination) const { read_(name, destination); }
+  at::Tensor read(const std::string& name, at::ScalarType dtype) const;  // a new CPU tensor; throws if absent
 
  private:
   std::string label_;
@@ -64,8 +67,12 @@ struct TensorMatchRules {
 std::vector<std::string> named_tensor_problems(const NamedTensorSource& source, const std::vector<TensorSlot>& slots,
                                                const TensorMatchRules& rules);
 
-// Checks (throwing sft::InputError listing every problem) and then copies each slot's tensor in,
-// under NoGradGuard. Nothing is copied when anything is wrong.
+// Throws sft::InputError "<label>: <heading>:" listing every problem of named_tensor_problems.
+void require_named_tensors_match(const NamedTensorSource& source, const std::vector<TensorSlot>& slots,
+                                 const TensorMatchRules& rules);
+
+// Checks (require_named_tensors_match) and then reads each slot's tensor into it, under NoGradGuard.
+// Nothing is copied when anything is wrong.
 void load_named_tensors(const NamedTensorSource& source, const std::vector<TensorSlot>& slots,
                         const TensorMatchRules& rules = {});
 

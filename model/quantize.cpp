@@ -32,6 +32,9 @@ at::Tensor nearest_code(const at::Tensor& scaled, const at::Tensor& code) {
   return at::bucketize(scaled, bounds, /*out_int32=*/true).to(at::kByte);
 }
 
+// Elements quantised per pass (model/quantize.cpp quantize_nf4): 256 KiB of fp32 temporaries each.
+constexpr int64_t kQuantizeChunkElements = int64_t{1} << 16;
+
 }  // namespace
 
 at::Tensor nf4_nested_code() {
@@ -61,12 +64,26 @@ kernels::Nf4Tensors quantize_nf4(const at::Tensor& weight, bool double_quant, in
   q.rows = weight.size(0);
   q.cols = weight.size(1);
   q.blocksize = blocksize;
-  auto [absmax, scaled] = blockwise_scale(weight.detach().reshape({-1}).to(at::kFloat), blocksize);
+  const at::Tensor flat = weight.detach().reshape({-1});
+  const int64_t n = flat.numel(), blocks = (n + blocksize - 1) / blocksize;
   const at::Tensor code = at::from_blob(const_cast<float*>(kernels::kNf4Code), {16}, at::kFloat).to(weight.device(), /*non_blocking=*/false, /*copy=*/true);
-  at::Tensor codes = nearest_code(scaled, code);
-  if (codes.numel() % 2) codes = at::cat({codes, nearest_code(at::zeros({1}, scaled.options()), code)});
-  codes = codes.view({-1, 2});
-  q.codes = (codes.select(1, 0).bitwise_left_shift(4).bitwise_or(codes.select(1, 1))).contiguous().view({-1, 1});
+  at::Tensor absmax = at::empty({blocks}, flat.options().dtype(at::kFloat));
+  q.codes = at::empty({(n + 1) / 2, 1}, flat.options().dtype(at::kByte));
+  // Chunks of whole blocks (an even number: bytes never straddle two), so the fp32 temporaries stay
+  // small whatever the weight: a weight-sized set of them per projection, allocated and freed while a
+  // model loads, makes glibc's heap touch as much memory as the dense projections (README "QLoRA").
+  // Every block is independent, so the result is the same as one pass over the whole weight.
+  const int64_t chunk = std::max<int64_t>(1, kQuantizeChunkElements / (2 * blocksize)) * 2 * blocksize;
+  at::Tensor packed = q.codes.view({-1});
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    const int64_t count = std::min(chunk, n - begin);
+    auto [chunk_absmax, scaled] = blockwise_scale(flat.narrow(0, begin, count).to(at::kFloat), blocksize);
+    absmax.narrow(0, begin / blocksize, chunk_absmax.numel()).copy_(chunk_absmax);
+    at::Tensor codes = nearest_code(scaled, code);
+    if (codes.numel() % 2) codes = at::cat({codes, nearest_code(at::zeros({1}, scaled.options()), code)});
+    codes = codes.view({-1, 2});
+    packed.narrow(0, begin / 2, codes.size(0)).copy_(codes.select(1, 0).bitwise_left_shift(4).bitwise_or(codes.select(1, 1)));
+  }
   if (!double_quant) {
     q.absmax = absmax.contiguous();
     return q;
@@ -82,12 +99,19 @@ kernels::Nf4Tensors quantize_nf4(const at::Tensor& weight, bool double_quant, in
 
 Nf4ProjectionImpl::Nf4ProjectionImpl(const ProjectionImpl& dense, bool double_quant)
     : ProjectionImpl(dense), compute_dtype(dense.weight.scalar_type()) {
-  nf4 = quantize_nf4(dense.weight, double_quant);
-  // `weight` (shared with `dense`, which the transform drops) now holds the packed codes: the dense
-  // storage is freed once the old module is gone.
+  nf4.rows = dense.weight.size(0);
+  nf4.cols = dense.weight.size(1);
+  // `weight` (shared with `dense`, which the transform drops) becomes the packed codes, empty until
+  // quantize_weight: the dense storage is freed once the old module is gone.
+  const at::TensorOptions on = dense.weight.options();
   weight.set_requires_grad(false);
-  weight.set_data(nf4.codes);
+  weight.set_data(at::empty({0, 1}, on.dtype(at::kByte)));
   nf4.codes = weight;
+  nf4.absmax = at::empty({0}, on.dtype(double_quant ? at::kByte : at::kFloat));
+  if (double_quant) {
+    nf4.nested_absmax = at::empty({0}, on.dtype(at::kFloat));
+    nf4.nested_code = at::empty({0}, on.dtype(at::kFloat));
+  }
   if (bias.defined()) bias.set_requires_grad(false);
   register_quant_buffers();
 }
@@ -105,6 +129,22 @@ void Nf4ProjectionImpl::register_quant_buffers() {
   }
 }
 
+void Nf4ProjectionImpl::quantize_weight(const at::Tensor& dense) {
+  TORCH_CHECK(dense.dim() == 2 && dense.size(0) == nf4.rows && dense.size(1) == nf4.cols,
+              "Nf4Projection::quantize_weight: expected a [", nf4.rows, ", ", nf4.cols, "] weight, got ", dense.sizes());
+  torch::NoGradGuard no_grad;
+  const kernels::Nf4Tensors q =
+      quantize_nf4(dense.to(nf4.codes.device(), compute_dtype), nf4.double_quant(), nf4.blocksize);
+  // set_data keeps every handle (the parameter, the buffers, a LoRA wrapper's copies) on the new values.
+  nf4.codes.set_data(q.codes);
+  nf4.absmax.set_data(q.absmax);
+  if (nf4.double_quant()) {
+    nf4.nested_absmax.set_data(q.nested_absmax);
+    nf4.nested_code.set_data(q.nested_code);
+    nf4.nested_offset = q.nested_offset;
+  }
+}
+
 at::Tensor Nf4ProjectionImpl::forward(const at::Tensor& x) {
   at::Tensor y = kernels::nf4_linear(x, nf4);
   return bias.defined() ? y + bias : y;
@@ -112,19 +152,53 @@ at::Tensor Nf4ProjectionImpl::forward(const at::Tensor& x) {
 
 at::Tensor Nf4ProjectionImpl::dense_weight() const { return kernels::nf4_dequantize(nf4, compute_dtype); }
 
-std::vector<std::string> quantize_model_nf4(CausalLM& model, const QuantizationSpec& spec) {
-  std::vector<std::string> quantized;
+namespace {
+
+// Swaps every plain block projection for an empty Nf4Projection; with `quantize`, fills it from the
+// projection's own (dense) weight. The swapped projections on the CPU share one tile workspace
+// (kernels/nf4.h), sized for the largest.
+std::vector<std::string> swap_block_projections(CausalLM& model, const QuantizationSpec& spec, bool quantize) {
+  std::vector<std::string> swapped;
+  std::vector<std::shared_ptr<Nf4ProjectionImpl>> on_cpu;
   for_each_block_projection(model, [&](const std::string& parent_path, torch::nn::Module& parent,
                                        const std::string& name, Projection& holder) {
     if (std::dynamic_pointer_cast<Nf4ProjectionImpl>(holder.ptr())) return;
     TORCH_CHECK(typeid(*holder) == typeid(ProjectionImpl), "quantize_model_nf4: ", parent_path, ".", name,
                 " is already transformed (quantise before applying LoRA)");
+    const at::Tensor dense = holder->weight.detach();  // keeps the dense values while `weight` is swapped
     auto q = std::make_shared<Nf4ProjectionImpl>(*holder, spec.double_quant);
+    if (quantize) q->quantize_weight(dense);
     parent.replace_module(name, q);
     holder = Projection(std::static_pointer_cast<ProjectionImpl>(q));
-    quantized.push_back(parent_path + "." + name);
+    swapped.push_back(parent_path + "." + name);
+    if (q->nf4.codes.is_cpu()) on_cpu.push_back(q);
   });
-  return quantized;
+  int64_t workspace_bytes = 0;
+  for (const auto& q : on_cpu) workspace_bytes = std::max(workspace_bytes, kernels::nf4_workspace_bytes(q->nf4));
+  const at::Tensor workspace = at::empty({workspace_bytes}, at::TensorOptions(at::kByte));
+  for (const auto& q : on_cpu) q->nf4.workspace = workspace;
+  return swapped;
+}
+
+}  // namespace
+
+std::vector<std::string> quantize_model_nf4(CausalLM& model, const QuantizationSpec& spec) {
+  return swap_block_projections(model, spec, /*quantize=*/true);
+}
+
+std::vector<std::string> swap_in_empty_nf4_projections(CausalLM& model, const QuantizationSpec& spec) {
+  return swap_block_projections(model, spec, /*quantize=*/false);
+}
+
+std::map<std::string, std::shared_ptr<Nf4ProjectionImpl>> nf4_projections(CausalLM& model) {
+  std::map<std::string, std::shared_ptr<Nf4ProjectionImpl>> found;
+  for_each_block_projection(model, [&](const std::string& parent_path, torch::nn::Module&, const std::string& name,
+                                       Projection& holder) {
+    std::shared_ptr<Nf4ProjectionImpl> q = std::dynamic_pointer_cast<Nf4ProjectionImpl>(holder.ptr());
+    if (auto lora = std::dynamic_pointer_cast<LoraProjectionImpl>(holder.ptr())) q = lora->quantized_base;
+    if (q) found[parent_path + "." + name + ".weight"] = q;
+  });
+  return found;
 }
 
 QuantizationSummary quantization_summary(CausalLM& model) {

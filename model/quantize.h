@@ -5,6 +5,8 @@
 // names are kept: `weight` is the packed codes (uint8 [ceil(out * in / 2), 1], bitsandbytes' shape),
 // `bias` is unchanged; the absmax constants are buffers beside it (weight_absmax, weight_nested_*).
 #pragma once
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,10 +30,17 @@ at::Tensor nf4_nested_code();
 // y = dequant(W) x^T + b; W dequantised per row tile at call time (kernels::nf4_linear).
 class Nf4ProjectionImpl : public ProjectionImpl {
  public:
-  // Quantises dense.weight (its dtype becomes the compute dtype) and drops the dense copy.
+  // Takes `dense`'s shape, bias and compute dtype (its weight's dtype) but not its values: the NF4
+  // tensors stay empty until quantize_weight fills them, and dense's weight storage (shared, so the
+  // dense module must be dropped) is released unread. Quantising while loading (model/weights.h) thus
+  // never needs the dense weight; quantize_model_nf4 passes the dense values to quantize_weight.
   Nf4ProjectionImpl(const ProjectionImpl& dense, bool double_quant);
   // Shares another Nf4Projection's tensors (used by LoRA wrappers).
   explicit Nf4ProjectionImpl(const Nf4ProjectionImpl& other);
+  // Quantises a dense [out, in] weight (converted to compute_dtype, as the loaded weight was) into this
+  // projection's NF4 tensors, on their device.
+  void quantize_weight(const at::Tensor& dense);
+  bool is_filled() const { return nf4.codes.numel() > 0; }
   at::Tensor forward(const at::Tensor& x) override;
   at::Tensor dense_weight() const;  // the dequantised weight [out, in] in compute_dtype (a temporary)
   int64_t in_features() const { return nf4.cols; }
@@ -52,6 +61,14 @@ struct QuantizationSpec {
 // Swaps every block projection for an Nf4Projection (already quantised ones are skipped) and freezes it.
 // Returns the module paths quantised.
 std::vector<std::string> quantize_model_nf4(CausalLM& model, const QuantizationSpec& spec);
+
+// The same swap with the NF4 tensors left empty (Nf4ProjectionImpl's constructor): the first half of
+// quantising while loading; load_weights (model/weights.h) quantises each checkpoint weight as it reads
+// it. Returns the module paths swapped.
+std::vector<std::string> swap_in_empty_nf4_projections(CausalLM& model, const QuantizationSpec& spec);
+// The Nf4Projections of `model` by their weight's name ("model.layers.0.self_attn.q_proj.weight"),
+// those inside LoRA wrappers included.
+std::map<std::string, std::shared_ptr<Nf4ProjectionImpl>> nf4_projections(CausalLM& model);
 
 // Bytes the quantised projections hold, and the bytes their dense weights held (for the log line).
 struct QuantizationSummary {

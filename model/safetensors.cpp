@@ -1,9 +1,8 @@
-// model/safetensors.cpp: the mmap safetensors reader (SafetensorsFile), the writer (write_safetensors,
+// model/safetensors.cpp: the pread safetensors reader (SafetensorsFile), the writer (write_safetensors,
 // temp file + fsync + rename) and CheckpointFiles (model.safetensors or an index of shards).
 #include "model/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,37 +63,34 @@ StDType to_st_dtype(at::ScalarType dtype) {
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   const std::string label = path.string();
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  file->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // closed by the destructor
+  if (file->fd_ < 0) {
     throw InputError(label + ": cannot open safetensors file: " + std::strerror(errno));
   }
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw InputError(label + ": not a regular file");
+  if (::fstat(file->fd_, &st) != 0 || !S_ISREG(st.st_mode)) throw InputError(label + ": not a regular file");
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  // The 8-byte length, then as much of the header as the parser needs to judge it (never more than
+  // its cap or the file).
+  std::vector<uint8_t> head(static_cast<size_t>(std::min<uint64_t>(size, 8)));
+  file->read_bytes(head.data(), head.size(), 0, "");
+  if (head.size() == 8) {
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | head[i];  // little-endian
+    const uint64_t wanted = std::min(size, 8 + std::min(header_len, kMaxSafetensorsHeaderBytes));
+    head.resize(static_cast<size_t>(wanted));
+    file->read_bytes(head.data() + 8, head.size() - 8, 8, "");
   }
-  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
-  file->path_ = path;
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size > 0) {
-    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (mapped == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
-      throw std::runtime_error(label + ": mmap failed: " + std::strerror(err));
-    }
-    file->mapping_ = static_cast<const uint8_t*>(mapped);
-    file->mapping_size_ = size;
-  }
-  ::close(fd);  // the mapping stays valid
   static const uint8_t kEmpty[1] = {0};
-  file->header_ = parse_safetensors_header(file->mapping_ ? file->mapping_ : kEmpty, size, size, label);
+  file->header_ = parse_safetensors_header(head.empty() ? kEmpty : head.data(), head.size(), size, label);
   for (size_t i = 0; i < file->header_.tensors.size(); ++i) file->index_[file->header_.tensors[i].name] = i;
   return file;
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (mapping_) ::munmap(const_cast<uint8_t*>(mapping_), mapping_size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 const StTensorInfo* SafetensorsFile::find(const std::string& name) const {
@@ -102,27 +98,64 @@ const StTensorInfo* SafetensorsFile::find(const std::string& name) const {
   return it == index_.end() ? nullptr : &header_.tensors[it->second];
 }
 
+void SafetensorsFile::read_bytes(void* out, size_t size, uint64_t offset, const std::string& tensor) const {
+  auto* p = static_cast<uint8_t*>(out);
+  while (size > 0) {
+    const ssize_t n = ::pread(fd_, p, std::min<size_t>(size, size_t{1} << 30), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    const std::string what = tensor.empty() ? "the header" : "tensor '" + tensor + "'";
+    if (n < 0) throw InputError(path_.string() + ": reading " + what + " failed: " + std::strerror(errno));
+    if (n == 0) {
+      throw InputError(path_.string() + ": the file ends inside " + what + " (truncated since it was opened?)");
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    size -= static_cast<size_t>(n);
+  }
+}
+
 at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) const {
   const StTensorInfo* info = find(name);
   if (!info) throw InputError(path_.string() + ": no tensor named '" + name + "'");
-  const at::ScalarType source = to_scalar_type(info->dtype);
+  at::Tensor out = at::empty(info->shape, at::TensorOptions().dtype(dtype));
+  read_into(name, out);
+  return out;
+}
+
+void SafetensorsFile::read_into(const std::string& name, const at::Tensor& destination) const {
+  const StTensorInfo* info = find(name);
+  if (!info) throw InputError(path_.string() + ": no tensor named '" + name + "'");
+  const at::ScalarType source = to_scalar_type(info->dtype), dtype = destination.scalar_type();
   if (source != dtype && !(at::isFloatingType(source) && at::isFloatingType(dtype))) {
     throw InputError(path_.string() + ": tensor '" + name + "' is " + st_dtype_name(info->dtype) +
                      " and cannot be loaded as " + c10::toString(dtype));
   }
-  const uint8_t* bytes = mapping_ + header_.data_offset + info->begin;
-  const size_t nbytes = info->end - info->begin;
-  const bool aligned = reinterpret_cast<uintptr_t>(bytes) % st_dtype_size(info->dtype) == 0;
-  if (source == dtype || !aligned) {
-    // memcpy needs no alignment; a misaligned source (possible when dtypes of different widths are
-    // interleaved) takes a second copy for the conversion.
-    at::Tensor out = at::empty(info->shape, at::TensorOptions().dtype(source));
-    if (nbytes > 0) std::memcpy(out.data_ptr(), bytes, nbytes);
-    return source == dtype ? out : out.to(dtype);
+  if (destination.sizes() != at::IntArrayRef(info->shape)) {
+    throw std::logic_error("SafetensorsFile::read_into: " + name + " has another shape than its destination");
   }
-  at::Tensor view = at::from_blob(const_cast<uint8_t*>(bytes), info->shape,
-                                  at::TensorOptions().dtype(source));
-  return view.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+  if (!destination.is_cpu() || !destination.is_contiguous()) {
+    destination.copy_(load(name, dtype));
+    return;
+  }
+  const uint64_t offset = header_.data_offset + info->begin;
+  const size_t element = st_dtype_size(info->dtype);
+  const int64_t numel = destination.numel();
+  if (source == dtype) {
+    if (numel > 0) read_bytes(destination.data_ptr(), info->end - info->begin, offset, name);
+  } else {
+    // Converted chunk by chunk (copy_ converts as at::Tensor::to does), so a whole source-dtype copy of a
+    // large tensor (an embedding) never exists beside its destination.
+    const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kConvertChunkBytes / element));
+    at::Tensor buffer = at::empty({std::min(chunk, numel)}, at::TensorOptions().dtype(source));
+    at::Tensor flat = destination.view({-1});
+    for (int64_t begin = 0; begin < numel; begin += chunk) {
+      const int64_t count = std::min(chunk, numel - begin);
+      read_bytes(buffer.data_ptr(), static_cast<size_t>(count) * element, offset + static_cast<uint64_t>(begin) * element, name);
+      flat.narrow(0, begin, count).copy_(buffer.narrow(0, 0, count));
+    }
+  }
+  // The bytes went in behind autograd's back: count it as the in-place write it is.
+  if (!destination.is_inference()) destination.unsafeGetTensorImpl()->bump_version();
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -397,6 +430,10 @@ const StTensorInfo& CheckpointFiles::info(const std::string& name) const {
 
 at::Tensor CheckpointFiles::load(const std::string& name, at::ScalarType dtype) const {
   return files_[owner_of(name)]->load(name, dtype);
+}
+
+void CheckpointFiles::read_into(const std::string& name, const at::Tensor& destination) const {
+  files_[owner_of(name)]->read_into(name, destination);
 }
 
 std::string CheckpointFiles::file_of(const std::string& name) const {

@@ -70,23 +70,47 @@ std::map<std::string, at::Tensor> parameters_by_name(torch::nn::Module& module) 
 void load_weights(CausalLM& model, const fs::path& dir) {
   const ModelConfig& config = model->config();
   const CheckpointFiles files = CheckpointFiles::open(dir);
+  const NamedTensorSource source = NamedTensorSource::of(files, dir.string());
   std::map<std::string, at::Tensor> params = parameters_by_name(*model);
+  const std::map<std::string, std::shared_ptr<Nf4ProjectionImpl>> quantized = nf4_projections(model);
   std::vector<TensorSlot> slots;
   for (const WeightEntry& entry : weight_table(config)) {
     auto it = params.find(entry.name);
     if (it == params.end()) throw std::logic_error("weight table names unknown parameter " + entry.name);
-    slots.push_back({entry.name, it->second});
+    auto q = quantized.find(entry.name);
+    // An NF4 weight is checked against the dense [out, in] it is quantised from (a meta tensor: no memory).
+    slots.push_back({entry.name, q == quantized.end() ? it->second
+                                                      : at::empty({q->second->out_features(), q->second->in_features()},
+                                                                  at::TensorOptions(at::kMeta).dtype(q->second->compute_dtype))});
   }
   TensorMatchRules rules;
   rules.heading = "checkpoint does not match config.json";
   rules.ignorable = [&](const std::string& name) { return is_ignorable_checkpoint_tensor(name, config); };
-  load_named_tensors(NamedTensorSource::of(files, dir.string()), slots, rules);
+  require_named_tensors_match(source, slots, rules);
+  torch::NoGradGuard no_grad;
+  for (const TensorSlot& slot : slots) {
+    auto q = quantized.find(slot.name);
+    if (q == quantized.end()) {
+      source.read_into(slot.name, slot.destination);
+    } else {
+      // One dense weight at a time: read in the compute dtype, quantised, freed.
+      q->second->quantize_weight(source.read(slot.name, slot.destination.scalar_type()));
+    }
+  }
 }
 
-CausalLM load_pretrained(const fs::path& dir, at::ScalarType dtype, const at::Device& device) {
+CausalLM load_pretrained(const fs::path& dir, at::ScalarType dtype, const at::Device& device,
+                         const LoadOptions& options) {
   ModelConfig config = load_model_config(dir);
-  // Build on the CPU, load, then move: the mapping is read once, straight into the parameters.
+  // Built on the CPU with uninitialised parameters, so no page of a weight is touched before the
+  // checkpoint is read into it (glibc maps large allocations lazily).
   CausalLM model(config, at::TensorOptions().dtype(dtype).device(at::kCPU));
+  if (options.nf4) {
+    swap_in_empty_nf4_projections(model, *options.nf4);
+    // Quantised on the run's device, as quantize_model_nf4 after the move would: the empty model moves
+    // first (its remaining parameters are then read through a CPU copy, one tensor at a time).
+    if (!device.is_cpu()) model->to(device);
+  }
   load_weights(model, dir);
   if (!device.is_cpu()) model->to(device);
   return model;

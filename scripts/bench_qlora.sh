@@ -23,6 +23,7 @@ while (($#)); do
   esac
 done
 ((PREPARE)) && source scripts/bench_prepare.sh
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"  # the machine may be shared: the table says how busy it was
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 # name|overrides
@@ -64,7 +65,8 @@ print(round(sum(r['tokens_per_s'] for r in rows) / max(len(rows), 1)))" "$out/me
 done
 CPU="$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
 echo "SmolLM2-135M-Instruct, configs/demo.yaml (LoRA r 16 on all seven projections), $STEPS steps, micro-batch $MICRO"
-echo "packed rows of $SEQ tokens, $THREADS threads${EXTRA:+, $EXTRA}; $(date -u +%F), $CPU ($(nproc) cores)"
+echo "packed rows of $SEQ tokens, $THREADS threads${EXTRA:+, $EXTRA}; $(date -u '+%F %H:%M UTC'), $CPU ($(nproc) cores)"
+echo "load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| run | peak RSS (MiB) | / LoRA fp32 | / LoRA bf16 | peak RSS while training (MiB) | / LoRA fp32 | / LoRA bf16 | tokens/s |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"

@@ -28,6 +28,6 @@ list(APPEND SFT_TEST_SOURCES tests/launch_test_util.cpp tests/test_launch.cpp te
 list(APPEND SFT_TEST_SOURCES tests/test_data_files.cpp tests/test_tensorboard.cpp)  # .json/.gz data; TensorBoard files
 list(APPEND SFT_TEST_SOURCES tests/test_fused_ops.cpp)  # fused RMSNorm / SwiGLU / RoPE / linear CE
 list(APPEND SFT_TEST_SOURCES tests/test_fused_projections.cpp)  # q/k/v and gate/up (and LoRA A) as one GEMM
-list(APPEND SFT_TEST_SOURCES tests/test_qlora_nf4.cpp tests/test_qlora.cpp)  # QLoRA: NF4 kernels, transform, training, merge
+list(APPEND SFT_TEST_SOURCES tests/test_qlora_nf4.cpp tests/test_qlora.cpp tests/test_qlora_load.cpp)  # QLoRA: NF4 kernels, transform, training, merge, loading
 list(APPEND SFT_TEST_SOURCES tests/test_dropout_linear.cpp)  # dropout fused into LoRA's A (Philox mask, never stored)
 list(APPEND SFT_TEST_SOURCES tests/test_synth.cpp tests/test_synth_pipeline.cpp tests/test_synth_direction.cpp)  # sft synth

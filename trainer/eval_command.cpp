@@ -66,11 +66,12 @@ model::CausalLM load_scored_model(const Config& config, const Runtime& runtime, 
       throw InputError((*dir / kCheckpointManifest).string() + ": missing: not a complete checkpoint");
     }
     const Config run = checkpoint_run_config(*dir);
-    model::CausalLM lm = model::load_pretrained(config.model.path, runtime.dtype, runtime.device);
     Config transform = config;
     transform.finetune = run.finetune;
     transform.model.quantization = run.model.quantization;  // a QLoRA checkpoint trained on the NF4 base
     transform.model.double_quantization = run.model.double_quantization;
+    model::CausalLM lm = model::load_pretrained(config.model.path, runtime.dtype, runtime.device,
+                                                model_load_options(transform));
     apply_finetune_method(lm, transform);
     load_checkpoint_weights(lm, *dir);  // verifies the manifest's hashes first
     described = "checkpoint " + dir->string() + " (" + enum_name(run.finetune.method) + ") on " + config.model.path;
@@ -80,8 +81,9 @@ model::CausalLM load_scored_model(const Config& config, const Runtime& runtime, 
     described = "model " + dir->string();
     return model::load_pretrained(*dir, runtime.dtype, runtime.device);
   }
-  model::CausalLM lm = model::load_pretrained(config.model.path, runtime.dtype, runtime.device);
-  apply_quantization(lm, config);  // model.quantization nf4: score the base the QLoRA run trained on
+  // model.quantization nf4: score the base the QLoRA run trained on (quantised while loading)
+  model::CausalLM lm = model::load_pretrained(config.model.path, runtime.dtype, runtime.device,
+                                              model_load_options(config));
   described = "base model " + config.model.path + (config.model.quantization == Quantization::kNone ? "" : " (" + std::string(enum_name(config.model.quantization)) + ")");
   if (dir) {
     if (fs::exists(*dir / "adapter" / "adapter_config.json")) dir = *dir / "adapter";

@@ -122,13 +122,26 @@ TrainableSummary count_parameters(model::CausalLM& lm) {
   return summary;
 }
 
-void apply_quantization(model::CausalLM& lm, const Config& config) {
-  if (config.model.quantization == Quantization::kNone) return;
+namespace {
+// model.quantization nf4's spec; nullopt for none.
+std::optional<model::QuantizationSpec> quantization_spec(const Config& config) {
+  if (config.model.quantization == Quantization::kNone) return std::nullopt;
   if (config.finetune.method != FinetuneMethod::kLora) {  // parse_config refuses this too; setup is also reached from eval
     throw InputError("model.quantization " + std::string(enum_name(config.model.quantization)) +
                      " needs finetune.method lora (got " + enum_name(config.finetune.method) + ")");
   }
-  model::quantize_model_nf4(lm, model::QuantizationSpec{config.model.double_quantization});
+  return model::QuantizationSpec{config.model.double_quantization};
+}
+}  // namespace
+
+model::LoadOptions model_load_options(const Config& config) {
+  model::LoadOptions options;
+  options.nf4 = quantization_spec(config);
+  return options;
+}
+
+void apply_quantization(model::CausalLM& lm, const Config& config) {
+  if (const std::optional<model::QuantizationSpec> spec = quantization_spec(config)) model::quantize_model_nf4(lm, *spec);
 }
 
 TrainableSummary apply_finetune_method(model::CausalLM& lm, const Config& config) {

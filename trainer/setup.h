@@ -13,6 +13,7 @@
 #include "data/pipeline.h"
 #include "data/tokenizer.h"
 #include "model/lora.h"
+#include "model/weights.h"
 #include "trainer/config.h"
 
 namespace sft {
@@ -64,7 +65,11 @@ struct TrainableSummary {
   std::string describe() const;  // "trainable params: 1,234 / 56,789 (2.17%)"
 };
 
-// model.quantization nf4: quantises every block projection to NF4 (model/quantize.h); none: nothing.
+// How load_pretrained builds the run's model: with model.quantization nf4 it quantises the block
+// projections while loading (model/weights.h LoadOptions), so the dense base never exists whole.
+model::LoadOptions model_load_options(const Config& config);
+// model.quantization nf4: quantises every block projection to NF4 (model/quantize.h) that is not already
+// (a model loaded with model_load_options is); none: nothing.
 void apply_quantization(model::CausalLM& model, const Config& config);
 
 // Applies model.fused_ops, then model.quantization, then finetune.method, to a loaded model (seeded: LoRA A init draws from the default generator).

@@ -438,7 +438,8 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
   // Held-out scoring through the same Evaluator as `sft eval` (eval.generate: exact match too).
   const Evaluator evaluator(ctx.config, ctx.runtime, model_config, tokenizer.get(), data.eval);
 
-  ctx.model = model::load_pretrained(ctx.config.model.path, ctx.runtime.dtype, ctx.runtime.device);
+  ctx.model = model::load_pretrained(ctx.config.model.path, ctx.runtime.dtype, ctx.runtime.device,
+                                     model_load_options(ctx.config));
   const TrainableSummary summary = apply_finetune_method(ctx.model, ctx.config);
   ctx.model->train();
   std::vector<std::pair<std::string, at::Tensor>> named;
