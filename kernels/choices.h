@@ -57,7 +57,7 @@ struct EnumNames<kernels::AttentionImpl> {
 
 template <>
 struct EnumNames<kernels::FusedOp> {
-  static constexpr std::array<std::pair<kernels::FusedOp, const char*>, 5> entries{{
+  static constexpr std::array<std::pair<kernels::FusedOp, const char*>, 6> entries{{
       {kernels::FusedOp::RmsNorm, "rmsnorm"},
       {kernels::FusedOp::Rope, "rope"},
       {kernels::FusedOp::SwiGlu, "swiglu"},

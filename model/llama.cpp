@@ -180,12 +180,16 @@ MLPImpl::MLPImpl(const ModelConfig& config, const at::TensorOptions& options, Sh
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) {
+  // up before gate, in both paths: the order LoRA dropout draws its masks in (so the switch changes no
+  // draw), and the order the expression swiglu(gate(x), up(x)) ran in before the fused projections (GCC
+  // evaluates those arguments right to left), which keeps the unfused path bit for bit.
   if (!ops_->group_projections) {
-    // Unchanged expression, so the unfused path stays bit for bit (and allocation for allocation) today's.
-    return down_proj->forward(ops_->swiglu(gate_proj->forward(x), up_proj->forward(x)));
+    const at::Tensor up = up_proj->forward(x);
+    const at::Tensor gate = gate_proj->forward(x);
+    return down_proj->forward(ops_->swiglu(gate, up));
   }
-  const std::vector<at::Tensor> gate_up = project_group(x, {gate_proj.get(), up_proj.get()}, *ops_);
-  return down_proj->forward(ops_->swiglu(gate_up[0], gate_up[1]));
+  const std::vector<at::Tensor> up_gate = project_group(x, {up_proj.get(), gate_proj.get()}, *ops_);
+  return down_proj->forward(ops_->swiglu(up_gate[1], up_gate[0]));
 }
 
 // ---------------------------------------------------------------------------------------------------

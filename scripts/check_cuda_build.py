@@ -71,9 +71,9 @@ def parse_ptxas(text):
     return kernels
 
 
-def parse_sass(text):
-    """cuobjdump --dump-sass output -> {(arch, mangled): {'hmma': n, 'hgmma': n}}."""
-    counts = {}
+def lines_by_function(text, function_pattern):
+    """cuobjdump output -> (arch, short kernel name, line) for every line inside a function's section; the
+    arch comes from the last `arch = sm_NN` line, the name from the last line matching function_pattern."""
     arch = None
     func = None
     for line in text.splitlines():
@@ -81,34 +81,35 @@ def parse_sass(text):
         if m:
             arch = int(m.group(1))
             continue
-        m = re.search(r"Function : (\S+)", line)
+        m = re.search(function_pattern, line.strip())
         if m:
-            func = counts.setdefault((arch, short_name(m.group(1))), {"hmma": 0, "hgmma": 0})
+            func = short_name(m.group(1))
+            yield arch, func, None  # the function's header: it exists even with no matching line
             continue
         if func is not None:
-            if re.search(r"\bHGMMA\b", line):
-                func["hgmma"] += 1
-            elif re.search(r"\bHMMA\b", line):
-                func["hmma"] += 1
+            yield arch, func, line
+
+
+def parse_sass(text):
+    """cuobjdump --dump-sass output -> {(arch, mangled): {'hmma': n, 'hgmma': n}}."""
+    counts = {}
+    for arch, func, line in lines_by_function(text, r"Function : (\S+)"):
+        entry = counts.setdefault((arch, func), {"hmma": 0, "hgmma": 0})
+        if line is None:
+            continue
+        if re.search(r"\bHGMMA\b", line):
+            entry["hgmma"] += 1
+        elif re.search(r"\bHMMA\b", line):
+            entry["hmma"] += 1
     return counts
 
 
 def parse_resource_usage(text):
     """cuobjdump --dump-resource-usage output -> {(arch, short name): {regs, stack, local, shared}}."""
     usage = {}
-    arch = None
-    func = None
-    for line in text.splitlines():
-        m = re.search(r"arch = sm_(\d+)", line)
+    for arch, func, line in lines_by_function(text, r"Function (\S+?):?$"):
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line or "")
         if m:
-            arch = int(m.group(1))
-            continue
-        m = re.search(r"Function (\S+?):?$", line.strip())
-        if m:
-            func = short_name(m.group(1))
-            continue
-        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
-        if m and func is not None:
             regs, stack, shared, local = map(int, m.groups())
             usage[(arch, func)] = dict(regs=regs, stack=stack, shared=shared, local=local)
     return usage

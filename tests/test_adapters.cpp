@@ -79,6 +79,7 @@ TEST(LoraDora, DropoutFollowsPeftsFormula) {
   torch::manual_seed(11);
   model::Projection base(64, 48, /*with_bias=*/true, at::TensorOptions().dtype(at::kFloat));
   torch::NoGradGuard no_grad;
+  base->weight.normal_(0, 0.02);  // a Projection is not initialised (the loader fills it)
   base->bias.normal_();
   model::LoraProjectionImpl lora(*base, 4, 2.0, 0.5, /*dora=*/true);
   lora.lora_B->weight.normal_(0, 0.1);

@@ -267,6 +267,7 @@ TEST(DropoutLinear, AutocastMultipliesInTheAutocastDtype) {
 TEST(DropoutLinear, LoraForwardUsesTheFusedOpWhenSwitchedOn) {
   torch::manual_seed(2);
   model::Projection base(32, 24, false, at::TensorOptions(at::kFloat));
+  base->weight.detach().normal_(0, 0.02);  // a Projection is not initialised (the loader fills it)
   auto lora = std::make_shared<model::LoraProjectionImpl>(*base, 4, 2.0, 0.2);
   torch::NoGradGuard no_grad;
   lora->lora_B->weight.normal_();

@@ -247,7 +247,7 @@ void expect_grouped_layout(model::CausalLM& lm, bool with_lora_A) {
     auto& attn = *layer->self_attn;
     auto& mlp = *layer->mlp;
     EXPECT_TRUE(kernels::rows_adjacent({attn.q_proj->weight, attn.k_proj->weight, attn.v_proj->weight}));
-    EXPECT_TRUE(kernels::rows_adjacent({mlp.gate_proj->weight, mlp.up_proj->weight}));
+    EXPECT_TRUE(kernels::rows_adjacent({mlp.up_proj->weight, mlp.gate_proj->weight}));
     if (attn.q_proj->bias.defined()) {
       EXPECT_TRUE(kernels::rows_adjacent({attn.q_proj->bias, attn.k_proj->bias, attn.v_proj->bias}));
     }

@@ -14,6 +14,7 @@
 #include "common/errors.h"
 #include "trainer/cli.h"
 #include "trainer/launch_process.h"
+#include "trainer/process_defaults.h"
 
 extern char** environ;  // POSIX: the launcher's environment, which every rank inherits
 
@@ -190,6 +191,7 @@ int command_launch(const std::vector<std::string>& args) {
     const size_t eq = text.find('=');
     if (eq != std::string::npos) inherited[text.substr(0, eq)] = text.substr(eq + 1);
   }
+  remove_process_default_variables(inherited);  // sft's own OpenMP default is not the user's environment
   std::vector<RankSpec> ranks;
   for (int local_rank = 0; local_rank < options.nproc_per_node; ++local_rank) {
     std::map<std::string, std::string> env = inherited;

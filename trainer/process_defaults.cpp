@@ -70,6 +70,12 @@ void apply_process_defaults(char** argv) {
   unsetenv(kOpenMpDefaultMarker);
 }
 
+void remove_process_default_variables(std::map<std::string, std::string>& env) {
+  if (env.count(kOpenMpDefaultMarker) == 0) return;  // OMP_WAIT_POLICY, if any, is the user's
+  env.erase(kOpenMpDefaultMarker);
+  env.erase("OMP_WAIT_POLICY");
+}
+
 std::string process_defaults_report() {
   std::string openmp = "OpenMP (libgomp) wait policy: ";
   if (env_set(kOpenMpDefaultMarker) && env_set("OMP_WAIT_POLICY")) {

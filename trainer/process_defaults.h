@@ -3,6 +3,7 @@
 // measurement (README "Training throughput"), each with an environment escape hatch, and the report of
 // what is in effect (a line of `sft --version`).
 #pragma once
+#include <map>
 #include <string>
 
 namespace sft {
@@ -17,5 +18,10 @@ void apply_process_defaults(char** argv);
 // "OpenMP wait policy: passive (sft default; ...)\nmalloc: glibc 2.36, mmap threshold 32 MiB, ..." for
 // `sft --version`: what this process actually runs with.
 std::string process_defaults_report();
+
+// The variables apply_process_defaults set for its re-execution (OMP_WAIT_POLICY and its marker), removed
+// from `env` when they came from sft and not from the user: `sft launch` gives its ranks the environment
+// torchrun would (each rank then applies the default itself).
+void remove_process_default_variables(std::map<std::string, std::string>& env);
 
 }  // namespace sft
