@@ -206,12 +206,7 @@ def build(out: Path, models_dir: Path):
         train_peft_run(out, base_dir, examples, name, cfg, init_dir)
 
     # ---- LoRA gradients after one backward, from an adapter with non-zero B ----
-    torch.manual_seed(8)
-    grad_model = get_peft_model(load_base(base_dir), lora_cfg)
-    with torch.no_grad():
-        for n, p in grad_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    grad_model = perturbed_adapter_model(base_dir, lora_cfg)
     grad_model.save_pretrained(out / "adapter_grad")
     grad_model.train()
     loss_sum, count = step_loss(grad_model, examples)
@@ -264,14 +259,7 @@ def build_adapter_methods(out, base_dir, examples, lora_cfg):
     dora_cfg.use_dora = True
     train_peft_run(out, base_dir, examples, "dora", dora_cfg, "adapter_init_dora")
     # A DoRA adapter far from its init (B and magnitudes perturbed) and PEFT's logits for DORA_IDS with it.
-    torch.manual_seed(8)
-    dora_model = get_peft_model(load_base(base_dir), dora_cfg)
-    with torch.no_grad():
-        for n, p in dora_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-            elif "lora_magnitude_vector" in n:
-                p.mul_(1 + 0.2 * torch.rand_like(p))
+    dora_model = perturbed_adapter_model(base_dir, dora_cfg)
     dora_model.save_pretrained(out / "adapter_dora_random")
     dora_model.eval()
     with torch.no_grad():
@@ -302,6 +290,22 @@ def build_adapter_methods(out, base_dir, examples, lora_cfg):
                 tensors[n.replace(".default", "").replace(".base_layer", "")] = p.detach().clone().contiguous()
         save_file(tensors, str(out / f"{init}_init.safetensors"))
         print(f"[golden] {init} init: {len(tensors)} tensors")
+
+
+def perturbed_adapter_model(base_dir, cfg):
+    """The PEFT model of cfg on the base, moved far from its init (seed 8): every lora_B ~ N(0, 0.1), so A's
+    path has a gradient, and (DoRA) every magnitude scaled by 1 + 0.2 U(0, 1), in named_parameters order."""
+    from peft import get_peft_model
+
+    torch.manual_seed(8)
+    model = get_peft_model(load_base(base_dir), cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+            elif "lora_magnitude_vector" in n:
+                p.mul_(1 + 0.2 * torch.rand_like(p))
+    return model
 
 
 def main():
