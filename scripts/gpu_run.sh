@@ -318,6 +318,7 @@ if [[ -n "$MODEL_DESC" ]]; then
   hf_steps=$([[ $DRY == 1 ]] && echo 3 || echo 30)
   budget 100 "$PY" "$HERE/scripts/bench_train.py" --model smollm2 --model-dir "$MODEL" --train-data "$HERE/data/train.jsonl" \
     --sft "$WORK/sft" --python "$PY" --device "$DEVICE" --steps "$hf_steps" --micro-batch-size 8 \
+    --cases "$([[ $DRY == 1 ]] && echo lora-padded-fp32 || echo lora-padded-bf16)" --peak-seconds 1 \
     --threads "$([[ $DRY == 1 ]] && echo 1 || nproc)" >"$WORK/hf.md" 2>&1
   rc=$?
   cat "$WORK/hf.md" >>"$TRAIN_MD"
