@@ -54,8 +54,29 @@ at::Tensor LoraProjectionImpl::groupable_lora_A() {
   return (dropout > 0 && is_training()) || is_dora() ? at::Tensor() : lora_A->weight;
 }
 
+namespace {
+
+// result + scale * (hidden B^T): one GEMM that accumulates into a copy of the base result (addmm's beta = 1,
+// alpha = scale), where PEFT's `result + lora_B(h) * scaling` makes two more full [tokens, out] passes (the
+// product, the scaled copy, then the sum) forward and one (grad * scale) backward. Its gradients are PEFT's:
+// result gets grad itself, h gets scale * grad B, B gets scale * grad^T h (both scalings on [tokens, r] or
+// [out, r] tensors). Falls back to PEFT's form when the dtypes differ (a bf16 base under fp32 adapters
+// without autocast), which addmm does not mix. result: [..., out], hidden: [..., r], B: [out, r].
+at::Tensor add_scaled_lora_B(const at::Tensor& result, const at::Tensor& hidden, torch::nn::Linear& lora_B,
+                             double scale) {
+  if (result.scalar_type() != hidden.scalar_type()) {
+    return result + (lora_B->forward(hidden) * scale).to(result.scalar_type());
+  }
+  const int64_t out = result.size(-1);
+  const at::Tensor sum = at::addmm(result.reshape({-1, out}), hidden.reshape({-1, hidden.size(-1)}),
+                                   lora_B->weight.t(), /*beta=*/1, /*alpha=*/scale);
+  return sum.view(result.sizes());
+}
+
+}  // namespace
+
 at::Tensor LoraProjectionImpl::forward_from_lora_A(const at::Tensor& base_result, const at::Tensor& a) {
-  return base_result + (lora_B->forward(a) * scale).to(base_result.scalar_type());
+  return add_scaled_lora_B(base_result, a, lora_B, scale);
 }
 
 at::Tensor LoraProjectionImpl::forward_from_base(const at::Tensor& x, const at::Tensor& result) {
@@ -67,8 +88,8 @@ at::Tensor LoraProjectionImpl::forward_from_base(const at::Tensor& x, const at::
     if (dropout > 0 && is_training()) lora_input = at::dropout(lora_input, dropout, /*train=*/true);
     lora_hidden = lora_A->forward(lora_input);
   }
-  at::Tensor lora_result = lora_B->forward(lora_hidden) * scale;
-  if (!is_dora()) return result + lora_result.to(result.scalar_type());
+  if (!is_dora()) return add_scaled_lora_B(result, lora_hidden, lora_B, scale);
+  const at::Tensor lora_result = lora_B->forward(lora_hidden) * scale;
   // DoRA, as PEFT's DoraLinearLayer.forward: result + (m/n - 1) * base(x') + (m/n) * scale * B A x', with x'
   // the dropped-out input (then base(x') is recomputed) or x itself (then base(x) = result - bias).
   const at::Tensor mag_norm_scale = lora_magnitude_vector / dora_weight_norm();  // [out]; the norm is detached

@@ -19,6 +19,7 @@ process's peak GPU memory; --sft, --python, --model-dir and --train-data point a
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -297,8 +298,8 @@ def run_sft(args, work, model_dir, tokens_file, case, steps, name, env):
     load = os.getloadavg()[0]
     start = time.time()
     prefix = args.sft_prefix.split() if args.sft_prefix else []
-    out, _, usage, _, gpu_mib = peak_rss_of(prefix + [args.sft, "train", str(cfg), "--force"], gpu=args.device == "cuda",
-                                            timeout=args.case_timeout, env=env)
+    out, err, usage, _, gpu_mib = peak_rss_of(prefix + [args.sft, "train", str(cfg), "--force"], gpu=args.device == "cuda",
+                                              timeout=args.case_timeout, env=env)
     if out is None:
         return None
     lines = [json.loads(l) for l in open(work / name / "metrics.jsonl")]
@@ -307,15 +308,15 @@ def run_sft(args, work, model_dir, tokens_file, case, steps, name, env):
     setup_s = (time.time() - start) - lines[-1]["elapsed_s"]  # elapsed_s starts after setup
     return {"tokens_per_s": sum(l["tokens"] for l in rest) / span,
             "targets_per_s": sum(l["target_tokens"] for l in rest) / span,
-            "first_step_s": lines[0]["elapsed_s"] + setup_s, "gpu": gpu_mib, "load": load, **usage}
+            "first_step_s": lines[0]["elapsed_s"] + setup_s, "gpu": gpu_mib, "load": load,
+            "wait_policy": sft_wait_policy(err), **usage}
 
 
 def run_hf(args, work, model_dir, batches, case, name):
     method, _, precision = case.split("-")
     batch_file = work / f"{name}.batches.jsonl"
     batch_file.write_text("".join(json.dumps({k: v for k, v in b.items() if k != "docs"}) + "\n" for b in batches))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    env.update(openmp_env(args.omp_wait_policy))
+    env = openmp_env(dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error"), args.omp_wait_policy)
     autocast = "bf16" if precision == "bf16" or args.device == "cuda" else "none"
     load = os.getloadavg()[0]
     out, _, usage, _, gpu_mib = peak_rss_of([args.python, "-c", HF_LOOP, str(model_dir), str(batch_file), str(args.threads),
@@ -352,11 +353,35 @@ def tokens_file_for(args, work, model_dir):
     return tokens_file, examples
 
 
-def openmp_env(policy):
-    """The libgomp setting both runners get: passive (sft's default) or active via OMP_WAIT_POLICY, or
-    libgomp's own unset behaviour (spin 300000 times, then sleep) spelled out as GOMP_SPINCOUNT, since an
-    unset policy makes sft choose passive."""
-    return {"OMP_WAIT_POLICY": policy} if policy != "libgomp-default" else {"GOMP_SPINCOUNT": "300000"}
+OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def openmp_env(env, policy):
+    """Sets the libgomp wait of one runner's environment `env`: `defaults` = each runner's own (none set:
+    HF gets libgomp's spin-then-sleep, sft its start-up choice, spin on an idle machine, passive on a busy
+    one, which its log names), passive or active via OMP_WAIT_POLICY, or libgomp's own unset behaviour
+    (spin 300000 times, then sleep) spelled out as GOMP_SPINCOUNT so that sft does not choose."""
+    for name in OPENMP_VARIABLES:
+        env.pop(name, None)
+    if policy == "libgomp-default":
+        env["GOMP_SPINCOUNT"] = "300000"
+    elif policy != "defaults":
+        env["OMP_WAIT_POLICY"] = policy
+    return env
+
+
+def sft_wait_policy(log):
+    """The wait policy sft's start-up log names (trainer/process_defaults.cpp), shortened for the table."""
+    m = re.search(r"wait policy: ([^(;\n]*?)(?: \(|;|$)", log, re.M)
+    return m.group(1) if m else "unknown"
+
+
+def openmp_footer(args, results):
+    if args.omp_wait_policy != "defaults":
+        return f"{args.omp_wait_policy} for both runners"
+    chosen = sorted({ours["wait_policy"] for ours, _, _ in results.values() if ours})
+    return ("each runner's own default: HF libgomp's (spin, then sleep), sft's start-up choice "
+            f"({', '.join(chosen) or 'no run'})")
 
 
 def fmt_ratio(x, target=None, higher=True):
@@ -399,7 +424,7 @@ def print_table(args, results, peaks, matmul_cfg, estimate):
           f" the runner started. HF packed rows: sdpa with transformers' block-diagonal causal mask from"
           f" position_ids (CPU has no varlen SDPA, so HF computes the full {PACKED_LEN}x{PACKED_LEN} square"
           f" masked; sft runs SDPA per example); MFU counts the per-example attention for both."
-          f" OpenMP wait {args.omp_wait_policy} for both runners (libgomp, LibTorch's OpenMP runtime).")
+          f" OpenMP wait (libgomp, LibTorch's OpenMP runtime): " + openmp_footer(args, results) + ".")
 
 
 def main():
@@ -416,8 +441,8 @@ def main():
                         help="seconds one runner may take on one case before it is killed (bounds the run)")
     parser.add_argument("--sft-only", action="store_true", help="skip the HF runner (allocator/thread sweeps)")
     parser.add_argument("--sft-env", action="append", default=[], help="KEY=VALUE for the sft process (repeatable)")
-    parser.add_argument("--omp-wait-policy", choices=["passive", "active", "libgomp-default"], default="passive",
-                        help="libgomp's wait for both runners (passive: sft's default, given to HF too)")
+    parser.add_argument("--omp-wait-policy", choices=["defaults", "passive", "active", "libgomp-default"],
+                        default="defaults", help="libgomp's wait: each runner's own default, or the same for both")
     parser.add_argument("--sft-prefix", default=None, help="command words before sft (e.g. perf record ... --)")
     parser.add_argument("--label", default="default", help="name of the --sft-env variant in the title")
     parser.add_argument("--json-out", default=None, help="also append the results as one JSON line here")
@@ -446,8 +471,7 @@ def main():
           file=sys.stderr, flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     tokens_file, examples = tokens_file_for(args, work, model_dir)
-    sft_env = dict(os.environ)
-    sft_env.update(openmp_env(args.omp_wait_policy))
+    sft_env = openmp_env(dict(os.environ), args.omp_wait_policy)
     for item in args.sft_env:
         key, _, value = item.partition("=")
         sft_env[key] = value

@@ -30,4 +30,5 @@ list(APPEND SFT_TEST_SOURCES tests/test_fused_ops.cpp)  # fused RMSNorm / SwiGLU
 list(APPEND SFT_TEST_SOURCES tests/test_fused_projections.cpp)  # q/k/v and gate/up (and LoRA A) as one GEMM
 list(APPEND SFT_TEST_SOURCES tests/test_qlora_nf4.cpp tests/test_qlora.cpp tests/test_qlora_load.cpp)  # QLoRA: NF4 kernels, transform, training, merge, loading
 list(APPEND SFT_TEST_SOURCES tests/test_dropout_linear.cpp)  # dropout fused into LoRA's A (Philox mask, never stored)
+list(APPEND SFT_TEST_SOURCES tests/test_process_defaults.cpp)  # OpenMP default: busy cores at start
 list(APPEND SFT_TEST_SOURCES tests/test_synth.cpp tests/test_synth_pipeline.cpp tests/test_synth_direction.cpp)  # sft synth

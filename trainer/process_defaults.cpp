@@ -1,6 +1,8 @@
 // trainer/process_defaults.cpp: the OpenMP wait policy and malloc tuning that `sft` applies at start, and
 // their report for `sft --version`. Measured in scripts/bench_runtime.sh; the decision is in README
-// "Training throughput".
+// "Training throughput": libgomp's own spin-then-sleep wait when the machine is idle at start (2x the
+// tokens/s of a passive wait there), passive when other processes already keep a core busy (libgomp's
+// spinning threads then take the time slices the working threads need: 4-14x slower).
 #include "trainer/process_defaults.h"
 
 #include <dlfcn.h>
@@ -8,15 +10,23 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 
 namespace sft {
 namespace {
 
-// Set by us (never by users) when the OpenMP default came from sft, so the report can say so.
+// Set by us (never by users) when the OpenMP default came from sft: its value is the report's reason
+// ("passive: 1.2 of 2 cores busy at start"), so the re-executed process can say why.
 constexpr const char* kOpenMpDefaultMarker = "SFT_OPENMP_DEFAULTED";
+// How long the start-up look at /proc/stat lasts: 10 scheduler ticks at 100 Hz, per core.
+constexpr auto kBusySample = std::chrono::milliseconds(100);
 // Fixed thresholds: glibc's default mmap threshold starts at 128 KiB and adapts, and its trim threshold
 // (2x that) hands the top of the heap back to the kernel after every step, so the next step's
 // activations fault in freshly zeroed pages again (clear_page_erms in the profile). 32 MiB is glibc's
@@ -53,21 +63,77 @@ bool malloc_tuning_wanted() {
   return allocator_name().rfind("glibc", 0) == 0;
 }
 
+std::string read_proc_stat() {
+  std::ifstream in("/proc/stat");
+  std::string first_line;
+  std::getline(in, first_line);
+  return first_line;
+}
+
+std::string format_cores(double cores) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f", cores);
+  return text;
+}
+
 }  // namespace
+
+std::optional<double> busy_cores_between(const std::string& stat_before, const std::string& stat_after,
+                                         long online_cores) {
+  // "cpu  user nice system idle iowait irq softirq steal guest guest_nice", in ticks since boot.
+  auto parse = [](const std::string& line, long long& total, long long& idle) {
+    std::istringstream in(line);
+    std::string label;
+    if (!(in >> label) || label != "cpu") return false;
+    long long field = 0;
+    total = idle = 0;
+    for (int i = 0; i < 8 && in >> field; ++i) {  // guest time is already inside user and nice
+      total += field;
+      if (i == 3 || i == 4) idle += field;  // idle, iowait
+    }
+    return total > 0;
+  };
+  long long total0 = 0, idle0 = 0, total1 = 0, idle1 = 0;
+  if (online_cores < 1 || !parse(stat_before, total0, idle0) || !parse(stat_after, total1, idle1)) return {};
+  const long long total = total1 - total0, idle = idle1 - idle0;
+  if (total <= 0 || idle < 0 || idle > total) return {};
+  return static_cast<double>(total - idle) / static_cast<double>(total) * static_cast<double>(online_cores);
+}
+
+bool wants_passive_wait(double busy_cores) { return busy_cores >= kBusyCoresForPassiveWait; }
 
 void apply_process_defaults(char** argv) {
   if (malloc_tuning_wanted()) {
     mallopt(M_MMAP_THRESHOLD, kMallocMmapThreshold);
     mallopt(M_TRIM_THRESHOLD, kMallocTrimThreshold);
   }
-  if (env_set("OMP_WAIT_POLICY") || env_set("GOMP_SPINCOUNT")) return;  // the user's choice, or already re-executed
-  // Once, before LibTorch does any work: the re-executed process finds OMP_WAIT_POLICY set and goes on.
+  // The user's choice, or our own decision already made (then we are the re-executed image).
+  if (env_set("OMP_WAIT_POLICY") || env_set("GOMP_SPINCOUNT") || env_set(kOpenMpDefaultMarker)) return;
+  // How busy the machine is before we do anything: other processes' CPU time over kBusySample.
+  const std::string before = read_proc_stat();
+  std::this_thread::sleep_for(kBusySample);
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  const std::optional<double> busy = busy_cores_between(before, read_proc_stat(), online);
+  const std::string of_cores = busy ? format_cores(*busy) + " of " + std::to_string(online) + " cores busy at start"
+                                    : std::string("/proc/stat unreadable");
+  if (!busy || !wants_passive_wait(*busy)) {
+    // Idle: libgomp's own default (spin, then sleep) is what LibTorch already runs with; nothing to redo.
+    setenv(kOpenMpDefaultMarker, ("libgomp's default, spin then sleep (sft's default on an idle machine: " + of_cores +
+                                  "; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to choose)").c_str(), 1);
+    return;
+  }
+  // Busy: once, before LibTorch does any work; the re-executed process finds the marker and goes on.
   setenv("OMP_WAIT_POLICY", "passive", 1);
-  setenv(kOpenMpDefaultMarker, "1", 1);
+  setenv(kOpenMpDefaultMarker, ("passive (sft's default on a busy machine: " + of_cores +
+                                "; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to choose)").c_str(), 1);
   execv("/proc/self/exe", argv);
   // exec failed (no /proc?): run with libgomp's defaults, and do not claim otherwise.
   unsetenv("OMP_WAIT_POLICY");
   unsetenv(kOpenMpDefaultMarker);
+}
+
+void release_free_heap_pages() {
+  if (allocator_name().rfind("glibc", 0) == 0) malloc_trim(0);
 }
 
 void remove_process_default_variables(std::map<std::string, std::string>& env) {
@@ -78,14 +144,14 @@ void remove_process_default_variables(std::map<std::string, std::string>& env) {
 
 std::string process_defaults_report() {
   std::string openmp = "OpenMP (libgomp) wait policy: ";
-  if (env_set(kOpenMpDefaultMarker) && env_set("OMP_WAIT_POLICY")) {
-    openmp += "passive (sft's default; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to choose)";
+  if (env_set(kOpenMpDefaultMarker)) {
+    openmp += std::getenv(kOpenMpDefaultMarker);
   } else if (env_set("OMP_WAIT_POLICY") || env_set("GOMP_SPINCOUNT")) {
     openmp += std::string("from the environment: OMP_WAIT_POLICY=") +
               (env_set("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset") +
               " GOMP_SPINCOUNT=" + (env_set("GOMP_SPINCOUNT") ? std::getenv("GOMP_SPINCOUNT") : "unset");
   } else {
-    openmp += "libgomp's default (sft could not re-execute itself)";
+    openmp += "libgomp's default (sft could not re-execute itself with its passive default)";
   }
   std::string memory = "malloc: " + allocator_name();
   if (malloc_tuning_wanted()) {

@@ -38,6 +38,7 @@
 #include "trainer/grad_sync.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/process_defaults.h"
 #include "trainer/process_group.h"
 #include "trainer/rank_checks.h"
 #include "trainer/run_dir.h"
@@ -441,6 +442,7 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
   ctx.model = model::load_pretrained(ctx.config.model.path, ctx.runtime.dtype, ctx.runtime.device,
                                      model_load_options(ctx.config));
   const TrainableSummary summary = apply_finetune_method(ctx.model, ctx.config);
+  release_free_heap_pages();  // the load's and the transforms' temporaries
   ctx.model->train();
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : ctx.model->named_parameters()) named.emplace_back(item.key(), item.value());
@@ -465,6 +467,13 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
               << "  " << data.train.size() << " train / " << data.eval.size() << " eval examples, "
               << ctx.loader->micro_batches_per_epoch() << " micro-batches per epoch, " << ctx.total_steps
               << " optimizer steps, device " << ctx.runtime.device.str() << "\n";
+    // On the CPU the wait policy and allocator decide much of the speed (README "Training throughput").
+    if (ctx.runtime.device.is_cpu()) {
+      std::istringstream report(process_defaults_report());
+      std::cerr << "  " << at::get_num_threads() << " threads";
+      for (std::string line; std::getline(report, line);) std::cerr << "; " << line;
+      std::cerr << "\n";
+    }
     if (group.distributed()) {
       std::cerr << "  " << group.world_size() << " processes (" << group.backend_name() << "), global batch "
                 << ctx.config.train.micro_batch_size * ctx.config.train.grad_accum * group.world_size()
