@@ -146,11 +146,13 @@ class GpuMemoryPeak:
         return None if self.peak is None else self.peak - self.base
 
 
-def peak_rss_of(cmd, gpu=False, timeout=None, **kwargs):
-    """Runs cmd and returns (stdout, stderr, {rss MiB, minor_faults}, seconds, peak GPU MiB or None); stdout
-    is None when it ran past `timeout` seconds (then it is killed). One child at a time; wait4 gives this
-    child's own rusage."""
+def peak_rss_of(cmd, gpu=False, timeout=None, watch=None, **kwargs):
+    """Runs cmd and returns (stdout, stderr, {rss MiB, minor_faults, first_line_s}, seconds, peak GPU MiB or
+    None); stdout is None when it ran past `timeout` seconds (then it is killed). One child at a time; wait4
+    gives this child's own rusage. first_line_s: seconds from the start until the file `watch` (if given)
+    was first seen non-empty (polled every 50 ms)."""
     start = time.time()
+    first_line_s = None
     memory = GpuMemoryPeak(gpu)
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
         proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, **kwargs)  # files: no pipe stalls
@@ -159,6 +161,8 @@ def peak_rss_of(cmd, gpu=False, timeout=None, **kwargs):
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            if watch is not None and first_line_s is None and os.path.exists(watch) and os.path.getsize(watch) > 0:
+                first_line_s = time.time() - start
             if timeout and time.time() - start > timeout:
                 proc.kill()
                 _, status, usage = os.wait4(proc.pid, 0)
@@ -171,7 +175,7 @@ def peak_rss_of(cmd, gpu=False, timeout=None, **kwargs):
     code = os.waitstatus_to_exitcode(status)
     if code != 0 and not timed_out:
         sys.exit(f"bench_train: {cmd[0]} failed ({code}):\n{out}\n{err}")
-    usage = {"rss": usage.ru_maxrss / 1024.0, "minor_faults": usage.ru_minflt}
+    usage = {"rss": usage.ru_maxrss / 1024.0, "minor_faults": usage.ru_minflt, "first_line_s": first_line_s}
     return None if timed_out else out, err, usage, time.time() - start, gpu_peak
 
 
@@ -296,19 +300,23 @@ def sft_config(work, model_dir, tokens_file, case, steps, args, name):
 def run_sft(args, work, model_dir, tokens_file, case, steps, name, env):
     cfg = sft_config(work, model_dir, tokens_file, case, steps, args, name)
     load = os.getloadavg()[0]
-    start = time.time()
     prefix = args.sft_prefix.split() if args.sft_prefix else []
+    metrics = work / name / "metrics.jsonl"
+    if metrics.exists():
+        metrics.unlink()
     out, err, usage, _, gpu_mib = peak_rss_of(prefix + [args.sft, "train", str(cfg), "--force"], gpu=args.device == "cuda",
-                                              timeout=args.case_timeout, env=env)
+                                              timeout=args.case_timeout, env=env, watch=metrics)
     if out is None:
         return None
     lines = [json.loads(l) for l in open(work / name / "metrics.jsonl")]
     rest = lines[1:]
     span = rest[-1]["elapsed_s"] - lines[0]["elapsed_s"]
-    setup_s = (time.time() - start) - lines[-1]["elapsed_s"]  # elapsed_s starts after setup
+    # Process start to the first metrics line (step 1 logged), as the HF loop's first_step_s; not the whole
+    # run minus the steps, which would count the final checkpoint and export (HF's loop saves nothing).
+    first_step_s = usage.pop("first_line_s")
     return {"tokens_per_s": sum(l["tokens"] for l in rest) / span,
             "targets_per_s": sum(l["target_tokens"] for l in rest) / span,
-            "first_step_s": lines[0]["elapsed_s"] + setup_s, "gpu": gpu_mib, "load": load,
+            "first_step_s": first_step_s if first_step_s is not None else float("nan"), "gpu": gpu_mib, "load": load,
             "wait_policy": sft_wait_policy(err), **usage}
 
 
