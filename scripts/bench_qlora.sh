@@ -5,12 +5,14 @@
 # peak RSS (getrusage of the child: the process's high-water mark, load included), steady-state tokens/s
 # (mean of the logged steps after the first) and the ratios of peak RSS to the two LoRA rows.
 # Usage: scripts/bench_qlora.sh [--steps N] [--micro-batch B] [--seq-len S] [--threads T] [--gradient-checkpointing]
-#        [--no-prepare]
-# (--no-prepare: skip scripts/bench_prepare.sh, e.g. while another build runs in build/)
+#        [--no-prepare] [--scaled-1b]
+# (--no-prepare: skip scripts/bench_prepare.sh, e.g. while another build runs in build/;
+#  --scaled-1b: the same runs on a random 1.1B Llama with SmolLM2's tokenizer, made once by
+#  scripts/make_scaled_llama.py into .cache/models/scaled-llama-1b (2.1 GiB), where the weights dominate)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-STEPS=6 MICRO=2 SEQ=256 THREADS=2 PREPARE=1 EXTRA=""
+STEPS=6 MICRO=2 SEQ=256 THREADS=2 PREPARE=1 EXTRA="" SCALED=0
 while (($#)); do
   case "$1" in
     --steps) STEPS="$2"; shift 2 ;;
@@ -19,10 +21,16 @@ while (($#)); do
     --threads) THREADS="$2"; shift 2 ;;
     --no-prepare) PREPARE=0; shift ;;
     --gradient-checkpointing) EXTRA="model.gradient_checkpointing=true"; shift ;;
+    --scaled-1b) SCALED=1; shift ;;
     *) echo "bench_qlora.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 ((PREPARE)) && source scripts/bench_prepare.sh
+MODEL_NAME="SmolLM2-135M-Instruct" MODEL_OVERRIDE=""
+if ((SCALED)); then
+  .venv/bin/python scripts/make_scaled_llama.py .cache/models/smollm2-135m-instruct .cache/models/scaled-llama-1b
+  MODEL_NAME="a random 1.1B Llama (scripts/make_scaled_llama.py)" MODEL_OVERRIDE="model.path=.cache/models/scaled-llama-1b"
+fi
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"  # the machine may be shared: the table says how busy it was
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -54,7 +62,7 @@ peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 open(sys.argv[1], "w").write("%d %d\n" % (peak, train_peak))
 sys.exit(proc.returncode)' "$out.rss" "$out/metrics.jsonl" build/sft train configs/demo.yaml output_dir="$out" train.max_steps="$STEPS" \
     train.threads="$THREADS" train.micro_batch_size="$MICRO" data.max_seq_len="$SEQ" data.eval=null \
-    eval.generate=false log.every_steps=1 log.progress=false $EXTRA $overrides >"$out.log" 2>&1 ||
+    eval.generate=false log.every_steps=1 log.progress=false $MODEL_OVERRIDE $EXTRA $overrides >"$out.log" 2>&1 ||
     { echo "bench_qlora.sh: '$name' failed:" >&2; tail -5 "$out.log" >&2; exit 1; }
   read -r peak train_peak <"$out.rss"
   RSS[$name]=$((peak / 1024)) TRAIN_RSS[$name]=$((train_peak / 1024))
@@ -64,7 +72,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])][1:]
 print(round(sum(r['tokens_per_s'] for r in rows) / max(len(rows), 1)))" "$out/metrics.jsonl")
 done
 CPU="$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
-echo "SmolLM2-135M-Instruct, configs/demo.yaml (LoRA r 16 on all seven projections), $STEPS steps, micro-batch $MICRO"
+echo "$MODEL_NAME, configs/demo.yaml (LoRA r 16 on all seven projections), $STEPS steps, micro-batch $MICRO"
 echo "packed rows of $SEQ tokens, $THREADS threads${EXTRA:+, $EXTRA}; $(date -u '+%F %H:%M UTC'), $CPU ($(nproc) cores)"
 echo "load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

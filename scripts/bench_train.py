@@ -304,7 +304,8 @@ def run_sft(args, work, model_dir, tokens_file, case, steps, name, env):
     metrics = work / name / "metrics.jsonl"
     if metrics.exists():
         metrics.unlink()
-    out, err, usage, _, gpu_mib = peak_rss_of(prefix + [args.sft, "train", str(cfg), "--force"], gpu=args.device == "cuda",
+    out, err, usage, _, gpu_mib = peak_rss_of(prefix + [args.sft, "train", str(cfg), "--force"] + args.sft_set,
+                                              gpu=args.device == "cuda",
                                               timeout=args.case_timeout, env=env, watch=metrics)
     if out is None:
         return None
@@ -449,6 +450,8 @@ def main():
                         help="seconds one runner may take on one case before it is killed (bounds the run)")
     parser.add_argument("--sft-only", action="store_true", help="skip the HF runner (allocator/thread sweeps)")
     parser.add_argument("--sft-env", action="append", default=[], help="KEY=VALUE for the sft process (repeatable)")
+    parser.add_argument("--sft-set", action="append", default=[],
+                        help="a config override for sft train, e.g. model.fused_ops=[rmsnorm,rope,dropout,projections] (repeatable)")
     parser.add_argument("--omp-wait-policy", choices=["defaults", "passive", "active", "libgomp-default"],
                         default="defaults", help="libgomp's wait: each runner's own default, or the same for both")
     parser.add_argument("--sft-prefix", default=None, help="command words before sft (e.g. perf record ... --)")
