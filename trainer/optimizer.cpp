@@ -3,6 +3,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -18,6 +19,23 @@ AdamW::AdamW(std::vector<NamedParameter> params, const AdamWOptions& options)
   }
 }
 
+namespace {
+
+// LibTorch's fused AdamW (aten::_fused_adamw_: one pass over parameter, gradient and both moments per
+// tensor, vectorised, in fp32) replaces the six to eight ATen passes of the single-tensor update where its
+// inputs allow: fp32, contiguous, one device. Measured on SmolLM2-135M's 272 tensors, 2 threads: 0.12 s per
+// step against 0.76-0.89 s (README "Training throughput"). The rounding differs from the single-tensor
+// form at the last bit; bf16 parameters keep the single-tensor form, whose bf16 arithmetic is torch's.
+bool fusable(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+             const at::Tensor& first_param) {
+  auto fp32_contiguous = [&](const at::Tensor& t) {
+    return t.scalar_type() == at::kFloat && t.is_contiguous() && t.device() == first_param.device();
+  };
+  return fp32_contiguous(param) && fp32_contiguous(grad) && fp32_contiguous(exp_avg) && fp32_contiguous(exp_avg_sq);
+}
+
+}  // namespace
+
 void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
   ++step_;
@@ -25,18 +43,47 @@ void AdamW::step(double lr) {
   const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step_));
   const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step_));
   const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  // Fused groups: parameters sharing (lr_scale, decay), in first-seen order, one _fused_adamw_ call each.
+  struct FusedGroup {
+    double lr_scale;
+    bool decay;
+    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+  };
+  std::vector<FusedGroup> groups;
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& param = params_[i].tensor;
     const at::Tensor& grad = param.grad();
     if (!grad.defined()) continue;
     const double param_lr = lr * params_[i].lr_scale;
+    const bool decays = params_[i].decay && options_.weight_decay != 0.0;
+    if (fusable(param, grad, exp_avg_[i], exp_avg_sq_[i], params_[0].tensor)) {
+      auto group = std::find_if(groups.begin(), groups.end(), [&](const FusedGroup& g) {
+        return g.lr_scale == params_[i].lr_scale && g.decay == decays;
+      });
+      if (group == groups.end()) group = groups.insert(groups.end(), FusedGroup{params_[i].lr_scale, decays, {}, {}, {}, {}});
+      group->params.push_back(param);
+      group->grads.push_back(grad);
+      group->exp_avgs.push_back(exp_avg_[i]);
+      group->exp_avg_sqs.push_back(exp_avg_sq_[i]);
+      continue;
+    }
+    // The single-tensor update (torch.optim.AdamW with foreach=False), for what the fused kernel does not take.
     const double step_size = param_lr / bias_correction1;
-    const double decay = params_[i].decay ? options_.weight_decay : 0.0;
-    if (decay != 0.0) param.mul_(1.0 - param_lr * decay);
+    if (decays) param.mul_(1.0 - param_lr * options_.weight_decay);
     exp_avg_[i].lerp_(grad, 1.0 - beta1);
     exp_avg_sq_[i].mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
     at::Tensor denom = (exp_avg_sq_[i].sqrt() / bias_correction2_sqrt).add_(options_.eps);
     param.addcdiv_(exp_avg_[i], denom, -step_size);
+  }
+  if (groups.empty()) return;
+  // The kernel reads the step count from a tensor per parameter (read only); one shared fp32 scalar on
+  // the parameters' device, so CUDA needs no host sync.
+  const at::Tensor step_count = at::full({}, static_cast<double>(step_), params_[0].tensor.options().dtype(at::kFloat));
+  for (const FusedGroup& g : groups) {
+    const std::vector<at::Tensor> steps(g.params.size(), step_count);
+    at::_fused_adamw_(g.params, g.grads, g.exp_avgs, g.exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr * g.lr_scale, beta1,
+                      beta2, g.decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
   }
 }
 

@@ -1,5 +1,5 @@
-// trainer/optimizer.h: AdamW with decoupled weight decay (the torch.optim.AdamW single-tensor update,
-// step for step) and global-norm gradient clipping (torch.nn.utils.clip_grad_norm_). Parameters are
+// trainer/optimizer.h: AdamW with decoupled weight decay (torch.optim.AdamW's update: LibTorch's fused
+// kernel for fp32 tensors, the single-tensor form step for step otherwise) and global-norm gradient clipping (torch.nn.utils.clip_grad_norm_). Parameters are
 // named so the state can be saved as plain tensors (safetensors) and matched on load. Each parameter has an
 // lr multiplier (LoRA+ groups: the schedule's lr times the group's ratio, as torch's LambdaLR scales each
 // param group's initial lr).
