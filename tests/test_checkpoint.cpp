@@ -419,12 +419,15 @@ TEST(CheckpointPolicy, ChangedDirectionIsAFingerprintDifference) {
 TEST(CheckpointPolicy, ASecondRunOnTheSameOutputDirIsRefusedWhileTheFirstRuns) {
   test::TempDir tmp;
   RunDir run = make_run(tmp.path(), base_config(tmp.path() / "out", kLora));
-  // The first run (100 steps) is stopped by SIGTERM once the second one has been refused.
+  // The first run is stopped by SIGTERM once the second one has been refused. It is given far more epochs
+  // (4000 steps) than it can finish meanwhile: with 25 epochs this failed once in a loaded ctest run (its
+  // output was not kept), the likely cause being the second's start-up (a 100 ms look at the load, then a
+  // re-exec with the passive OpenMP default) outlasting the first's 100 steps, so no lock refused it.
   const std::string script =
       "cd " + run.dir.string() + " || exit 1; " + test::sft_binary().string() +
-      " train config.yaml.in train.epochs=25 > run.log 2>&1 & pid=$!; "
+      " train config.yaml.in train.epochs=1000 > run.log 2>&1 & pid=$!; "
       "while [ ! -e out/metrics.jsonl ] && kill -0 $pid 2>/dev/null; do sleep 0.01; done; " +
-      test::sft_binary().string() + " train config.yaml.in train.epochs=25; echo second=$?; "
+      test::sft_binary().string() + " train config.yaml.in train.epochs=1000; echo second=$?; "
       "kill -TERM $pid; wait $pid; echo first=$?";
   const std::string report = test::run_command("bash -c '" + script + "'").output;
   EXPECT_NE(report.find("second=2"), std::string::npos) << report;
