@@ -37,7 +37,9 @@ variants=(
   "passive|--omp-wait-policy passive"
   "1 thread|--threads 1"
 )
-out="$(mktemp -d)/runtime.jsonl"
+out_dir="$(mktemp -d)"
+trap 'rm -rf "$out_dir"' EXIT
+out="$out_dir/runtime.jsonl"
 echo "bench_runtime: ${#variants[@]} variants x $repeats rounds, about $((repeats * 5)) min on an idle 2-core machine" >&2
 for ((round = 1; round <= repeats; round++)); do
   for v in "${variants[@]}"; do

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -458,6 +459,9 @@ def main():
     parser.add_argument("--label", default="default", help="name of the --sft-env variant in the title")
     parser.add_argument("--json-out", default=None, help="also append the results as one JSON line here")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="keep the work directory (configs, run outputs); by default it is removed at exit,"
+                             " since every full-FT case writes GiBs of checkpoints")
     parser.add_argument("--sft", default=str(ROOT / "build" / "sft"), help="the sft binary")
     parser.add_argument("--python", default=PY, help="python with torch, transformers and peft (the HF side)")
     parser.add_argument("--model-dir", default=None, help="instead of --model's directory")
@@ -481,6 +485,16 @@ def main():
     print(f"bench_train {args.model}: {len(cases)} cases, expected ~{estimate:.0f} s on an idle 2-core machine",
           file=sys.stderr, flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        run_cases(args, cases, steps_for, work, model_dir, estimate)
+    finally:
+        if args.keep_work:
+            print(f"bench_train: work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_cases(args, cases, steps_for, work, model_dir, estimate):
     tokens_file, examples = tokens_file_for(args, work, model_dir)
     sft_env = openmp_env(dict(os.environ), args.omp_wait_policy)
     for item in args.sft_env:
@@ -498,6 +512,8 @@ def main():
         ours = run_sft(args, work, model_dir, tokens_file, case, steps, f"run{i}", sft_env)
         hf = None if args.sft_only else run_hf(args, work, model_dir, batches, case, f"hf{i}")
         results[case] = (ours, hf, flops)
+        if not args.keep_work:  # a full-FT run leaves ~2 GiB of checkpoint and export behind
+            shutil.rmtree(work / f"run{i}", ignore_errors=True)
     d, hd = model_cfg["hidden_size"], model_cfg.get("head_dim") or model_cfg["hidden_size"] // model_cfg["num_attention_heads"]
     print_table(args, results, peaks, f"d={d}, heads {model_cfg['num_attention_heads']}/{model_cfg['num_key_value_heads']}"
                 f" x {hd}, d_ff={model_cfg['intermediate_size']}, layers {model_cfg['num_hidden_layers']},"

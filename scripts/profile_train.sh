@@ -27,8 +27,9 @@ done
 command -v perf >/dev/null || { echo "profile_train: perf is not installed (Debian: linux-perf)" >&2; exit 2; }
 [[ "$sft" != "$ROOT/build/sft" ]] || source scripts/bench_prepare.sh
 work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 .venv/bin/python scripts/bench_train.py --model smollm2 --sft-only --sft "$sft" --cases "$case_name" --steps "$steps" \
-  --peak-seconds 0.3 --sft-prefix "perf record -q -e cpu-clock -F 499 -o $work/perf.data --" "${extra[@]}" \
+  --peak-seconds 0.3 --sft-prefix "perf record -q --no-buildid-cache -e cpu-clock -F 499 -o $work/perf.data --" "${extra[@]}" \
   | grep -E '^\| '"$case_name" || true
 # The categoriser reads perf report's text on stdin (so it is passed with -c, not as a here-document).
 categorize=$(cat <<'EOF'
@@ -76,4 +77,3 @@ EOF
 )
 perf report -i "$work/perf.data" --stdio --no-children --sort dso,sym -g none 2>/dev/null \
   | .venv/bin/python -c "$categorize" "$top" "$case_name" "$steps"
-rm -rf "$work"
