@@ -68,8 +68,7 @@ constexpr int attention_bwd_dq_smem_bytes(int head_dim) {  // Q, dO tiles + K, V
 constexpr int kSmemLimitSm80 = 166912;  // 163 KiB (A100)
 constexpr int kSmemLimitSm90 = 232448;  // 227 KiB (H100)
 
-#ifdef SFT_WITH_CUDA
-// Launchers: each enqueues exactly one kernel on `stream` and returns without synchronising; the caller
+// Launchers (in the CUDA plugin, kernels/cuda_plugin.h): each enqueues exactly one kernel on `stream` and returns without synchronising; the caller
 // checks cudaGetLastError() after each (the binding does). Return false only when the configuration is
 // unsupported (head_dim not 64/128); the binding checks that first.
 bool launch_attention_fwd(const AttentionFwdParams& params, cudaStream_t stream);
@@ -79,6 +78,5 @@ bool launch_attention_bwd_preprocess(const AttentionBwdParams& params, cudaStrea
 bool launch_attention_bwd_dkdv(const AttentionBwdParams& params, cudaStream_t stream);
 // deterministic: dQ directly, one CTA per (query block, seq, q head). Otherwise: dq = dq_accum * scale.
 bool launch_attention_bwd_dq(const AttentionBwdParams& params, cudaStream_t stream);
-#endif
 
 }  // namespace sft::kernels

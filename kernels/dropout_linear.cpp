@@ -13,12 +13,9 @@
 #include <mutex>
 
 #include "kernels/cpu/dropout_linear_cpu.h"
+#include "kernels/cuda_plugin.h"
 #include "kernels/dropout_linear_params.h"
 
-#ifdef SFT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGeneratorImpl.h>
-#endif
 
 namespace sft::kernels {
 namespace {
@@ -76,14 +73,9 @@ void apply_dropout_mask(const DropoutSeed& key, double p, const at::Tensor& x, c
     params.grad_dropped = grad_dropped.data_ptr();
   }
   if (any.is_cuda()) {
-#ifdef SFT_WITH_CUDA
     params.x_dtype = op_dtype(x_type);
     params.compute_dtype = op_dtype(compute_type);
-    const int code = dropout_mask_cuda(params, at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(code == 0, "dropout_linear: CUDA launch failed with error ", code);
-#else
-    TORCH_CHECK(false, "dropout_linear: this build has no CUDA kernels");
-#endif
+    launch_cuda(&CudaPlugin::dropout_mask, params, "dropout_linear");
     return;
   }
   with_cpu_type(x_type, [&](auto x_tag) {
@@ -150,12 +142,9 @@ DropoutSeed draw_dropout_seed(const at::Device& device) {
   at::Generator gen = at::globalContext().defaultGenerator(device);
   std::lock_guard<std::mutex> lock(gen.mutex());
   if (device.is_cuda()) {
-#ifdef SFT_WITH_CUDA
-    const auto [seed, offset] = at::check_generator<at::CUDAGeneratorImpl>(gen)->philox_engine_inputs(4);
+    uint64_t seed = 0, offset = 0;
+    cuda_plugin("dropout_linear").philox_inputs(gen, 4, seed, offset);
     return {seed, offset / 4};  // the generator counts 32-bit draws, at::Philox4_32 128-bit blocks
-#else
-    TORCH_CHECK(false, "dropout_linear: this build has no CUDA kernels");
-#endif
   }
   return {at::check_generator<at::CPUGeneratorImpl>(gen)->random64(), 0};
 }

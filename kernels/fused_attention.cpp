@@ -7,6 +7,7 @@
 
 #include <torch/autograd.h>
 #include <ATen/Context.h>
+#include <c10/core/DeviceGuard.h>
 
 #include <cmath>
 #include <initializer_list>
@@ -17,12 +18,8 @@
 #include "kernels/attention_index.h"
 #include "kernels/attention_params.h"
 #include "kernels/cpu/attention_cpu.h"
+#include "kernels/cuda_plugin.h"
 
-#ifdef SFT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#endif
 
 namespace sft::kernels {
 namespace {
@@ -177,7 +174,6 @@ void backward_cpu(const Dims& d, const at::Tensor& dout, const at::Tensor& q, co
 }
 
 // ---- CUDA ----
-#ifdef SFT_WITH_CUDA
 void fill_fwd_params(AttentionFwdParams& p, const Dims& d, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& cu,
                      double scale, bool causal) {
@@ -205,7 +201,13 @@ void fill_fwd_params(AttentionFwdParams& p, const Dims& d, const at::Tensor& q, 
   p.causal = causal;
   p.dtype = q.scalar_type() == at::kBFloat16 ? AttnDtype::BFloat16 : AttnDtype::Float16;
 }
-#endif
+
+// TORCH_CHECK of an attention launcher's result, then of cudaGetLastError after its launch.
+void check_attention_launch(const CudaPlugin& cuda, bool supported) {
+  TORCH_CHECK(supported, "fused attention: unsupported config");
+  const int code = cuda.last_error();
+  TORCH_CHECK(code == 0, "fused attention: CUDA launch failed: ", cuda.error_name(code));
+}
 
 }  // namespace
 
@@ -224,15 +226,11 @@ void fused_attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
     }
     return;
   }
-#ifdef SFT_WITH_CUDA
-  c10::cuda::CUDAGuard guard(q.device());
+  const CudaPlugin& cuda = cuda_plugin("fused attention");
+  const c10::DeviceGuard guard(q.device());
   AttentionFwdParams p;
   fill_fwd_params(p, d, q, k, v, out, lse, cu_seqlens, softmax_scale, causal);
-  TORCH_CHECK(launch_attention_fwd(p, at::cuda::getCurrentCUDAStream()), "fused attention: unsupported config");
-  C10_CUDA_KERNEL_LAUNCH_CHECK();  // cudaGetLastError after the launch
-#else
-  TORCH_CHECK(false, "fused attention: this build has no CUDA kernels (nvcc was not found at build time)");
-#endif
+  check_attention_launch(cuda, cuda.attention_fwd(p, cuda.current_stream()));
 }
 
 void fused_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -258,9 +256,9 @@ void fused_attention_backward(const at::Tensor& dout, const at::Tensor& q, const
     }
     return;
   }
-#ifdef SFT_WITH_CUDA
-  c10::cuda::CUDAGuard guard(q.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const CudaPlugin& cuda = cuda_plugin("fused attention");
+  const c10::DeviceGuard guard(q.device());
+  const cudaStream_t stream = cuda.current_stream();
   at::Tensor dsum = at::empty({d.num_heads, d.total_tokens}, q.options().dtype(at::kFloat));  // [Hq, T]
   at::Tensor dq_accum;  // [T, Hq, D] fp32, atomically accumulated
   if (!deterministic) dq_accum = at::zeros({d.total_tokens, d.num_heads, d.head_dim}, q.options().dtype(at::kFloat));
@@ -281,15 +279,9 @@ void fused_attention_backward(const at::Tensor& dout, const at::Tensor& q, const
   p.dv_row_stride = dv.stride(0);
   p.dv_head_stride = dv.stride(1);
   p.deterministic = deterministic;
-  TORCH_CHECK(launch_attention_bwd_preprocess(p, stream), "fused attention: unsupported config");
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK(launch_attention_bwd_dkdv(p, stream), "fused attention: unsupported config");
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK(launch_attention_bwd_dq(p, stream), "fused attention: unsupported config");
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-#else
-  TORCH_CHECK(false, "fused attention: this build has no CUDA kernels (nvcc was not found at build time)");
-#endif
+  check_attention_launch(cuda, cuda.attention_bwd_preprocess(p, stream));
+  check_attention_launch(cuda, cuda.attention_bwd_dkdv(p, stream));
+  check_attention_launch(cuda, cuda.attention_bwd_dq(p, stream));
 }
 
 namespace {
@@ -465,7 +457,7 @@ AttentionCheck check_fused_against_reference(const at::Tensor& q, const at::Tens
 
 std::string fused_attention_self_check(const at::Device& device) {
   try {
-    if (device.is_cuda() && !cuda_kernels_built()) return "this build has no CUDA kernels";
+    if (device.is_cuda() && !load_cuda_plugin().plugin) return "the CUDA plugin is " + load_cuda_plugin().status;
     struct Case {
       std::vector<int32_t> lens;
       int hq, hkv, d;
@@ -499,14 +491,6 @@ std::string fused_attention_self_check(const at::Device& device) {
   } catch (const std::exception& e) {
     return std::string("fused attention self-check raised: ") + e.what();
   }
-}
-
-bool cuda_kernels_built() {
-#ifdef SFT_WITH_CUDA
-  return true;
-#else
-  return false;
-#endif
 }
 
 }  // namespace sft::kernels

@@ -13,11 +13,8 @@
 
 #include "common/errors.h"
 #include "kernels/cpu/fused_ops_cpu.h"
+#include "kernels/cuda_plugin.h"
 #include "kernels/fused_ops_params.h"
-
-#ifdef SFT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#endif
 
 namespace sft::kernels {
 namespace {
@@ -34,16 +31,9 @@ void check_op_tensor(const at::Tensor& t, const char* op, const char* name) {
               name, " has unsupported dtype ", d, t.is_cuda() ? " on CUDA (float, bfloat16, float16)" : "");
 }
 
-void check_same(const at::Tensor& a, const at::Tensor& b, const char* op, const char* an, const char* bn) {
-  TORCH_CHECK(a.device() == b.device(), op, ": ", an, " on ", a.device(), " but ", bn, " on ", b.device());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", an, " is ", a.scalar_type(), " but ", bn, " is ",
-              b.scalar_type());
-}
-
 // CPU twins compute in double for double, in float otherwise (bf16/fp16 are converted on the way).
 at::ScalarType cpu_compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-#ifdef SFT_WITH_CUDA
 OpDtype op_dtype(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return OpDtype::Float32;
@@ -52,29 +42,18 @@ OpDtype op_dtype(at::ScalarType t) {
     default: TORCH_CHECK(false, "fused op (CUDA): unsupported dtype ", t);
   }
 }
-void check_launch(int code, const char* what) {
-  TORCH_CHECK(code == 0, what, ": CUDA launch failed with error ", code);
-}
-cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
-#else
-[[noreturn]] void no_cuda(const char* what) { TORCH_CHECK(false, what, ": this build has no CUDA kernels"); }
-#endif
 
 // ---- RMSNorm ----
 // x2: [rows, cols] contiguous. Returns {y, rstd}; rstd fp32 (fp64 for fp64 CPU input).
 std::pair<at::Tensor, at::Tensor> rmsnorm_forward_raw(const at::Tensor& x2, const at::Tensor& w, double eps) {
   const int64_t rows = x2.size(0), cols = x2.size(1);
   if (x2.is_cuda()) {
-#ifdef SFT_WITH_CUDA
     at::Tensor y = at::empty_like(x2), rstd = at::empty({rows}, x2.options().dtype(at::kFloat));
     RmsNormFwdParams p;
     p.x = x2.data_ptr(); p.weight = w.data_ptr(); p.y = y.data_ptr(); p.rstd = rstd.data_ptr<float>();
     p.rows = rows; p.cols = cols; p.eps = static_cast<float>(eps); p.dtype = op_dtype(x2.scalar_type());
-    check_launch(rmsnorm_forward_cuda(p, current_stream()), "rmsnorm forward");
+    launch_cuda(&CudaPlugin::rmsnorm_forward, p, "rmsnorm forward");
     return {y, rstd};
-#else
-    no_cuda("rmsnorm forward");
-#endif
   }
   const auto ct = cpu_compute_dtype(x2);
   at::Tensor xc = x2.to(ct).contiguous(), wc = w.to(ct).contiguous();
@@ -91,7 +70,6 @@ std::pair<at::Tensor, at::Tensor> rmsnorm_backward_raw(const at::Tensor& dy2, co
                                                        const at::Tensor& rstd, bool want_dweight) {
   const int64_t rows = x2.size(0), cols = x2.size(1);
   if (x2.is_cuda()) {
-#ifdef SFT_WITH_CUDA
     at::Tensor dx = at::empty_like(x2);
     at::Tensor dw = want_dweight ? at::empty({cols}, x2.options()) : at::Tensor();
     const int blocks = rmsnorm_partial_blocks(rows);
@@ -101,11 +79,8 @@ std::pair<at::Tensor, at::Tensor> rmsnorm_backward_raw(const at::Tensor& dy2, co
     p.dx = dx.data_ptr(); p.dweight_partial = partial.data_ptr<float>();
     p.dweight = want_dweight ? dw.data_ptr() : nullptr;
     p.rows = rows; p.cols = cols; p.partial_blocks = blocks; p.dtype = op_dtype(x2.scalar_type());
-    check_launch(rmsnorm_backward_cuda(p, current_stream()), "rmsnorm backward");
+    launch_cuda(&CudaPlugin::rmsnorm_backward, p, "rmsnorm backward");
     return {dx, dw};
-#else
-    no_cuda("rmsnorm backward");
-#endif
   }
   const auto ct = cpu_compute_dtype(x2);
   at::Tensor dyc = dy2.to(ct).contiguous(), xc = x2.to(ct).contiguous(), wc = w.to(ct).contiguous();
@@ -141,16 +116,12 @@ struct SwigluFunction : public torch::autograd::Function<SwigluFunction> {
     at::Tensor g = gate.contiguous(), u = up.contiguous();
     ctx->save_for_backward({g, u});
     if (g.is_cuda()) {
-#ifdef SFT_WITH_CUDA
       at::Tensor out = at::empty_like(g);
       SwigluFwdParams p;
       p.gate = g.data_ptr(); p.up = u.data_ptr(); p.out = out.data_ptr(); p.n = g.numel();
       p.dtype = op_dtype(g.scalar_type());
-      check_launch(swiglu_forward_cuda(p, current_stream()), "swiglu forward");
+      launch_cuda(&CudaPlugin::swiglu_forward, p, "swiglu forward");
       return out;
-#else
-      no_cuda("swiglu forward");
-#endif
     }
     const auto ct = cpu_compute_dtype(g);
     at::Tensor gc = g.to(ct).contiguous(), uc = u.to(ct).contiguous(), out = at::empty_like(gc);
@@ -166,16 +137,12 @@ struct SwigluFunction : public torch::autograd::Function<SwigluFunction> {
     const at::Tensor& u = saved[1];
     at::Tensor d = grads[0].contiguous();
     if (g.is_cuda()) {
-#ifdef SFT_WITH_CUDA
       at::Tensor dg = at::empty_like(g), du = at::empty_like(u);
       SwigluBwdParams p;
       p.dout = d.data_ptr(); p.gate = g.data_ptr(); p.up = u.data_ptr(); p.dgate = dg.data_ptr();
       p.dup = du.data_ptr(); p.n = g.numel(); p.dtype = op_dtype(g.scalar_type());
-      check_launch(swiglu_backward_cuda(p, current_stream()), "swiglu backward");
+      launch_cuda(&CudaPlugin::swiglu_backward, p, "swiglu backward");
       return {dg, du};
-#else
-      no_cuda("swiglu backward");
-#endif
     }
     const auto ct = cpu_compute_dtype(g);
     at::Tensor dc = d.to(ct).contiguous(), gc = g.to(ct).contiguous(), uc = u.to(ct).contiguous();
@@ -196,17 +163,13 @@ std::pair<at::Tensor, at::Tensor> rope_raw(const at::Tensor& q, const at::Tensor
   const int q_heads = static_cast<int>(q.size(1)), k_heads = static_cast<int>(k.size(1));
   const int head_dim = static_cast<int>(q.size(2));
   if (q.is_cuda()) {
-#ifdef SFT_WITH_CUDA
     at::Tensor qo = at::empty_like(q), ko = at::empty_like(k);
     RopeParams p;
     p.q = q.data_ptr(); p.k = k.data_ptr(); p.cos = cos.data_ptr(); p.sin = sin.data_ptr();
     p.q_out = qo.data_ptr(); p.k_out = ko.data_ptr(); p.tokens = tokens; p.q_heads = q_heads;
     p.k_heads = k_heads; p.head_dim = head_dim; p.backward = backward; p.dtype = op_dtype(q.scalar_type());
-    check_launch(rope_cuda(p, current_stream()), "rope");
+    launch_cuda(&CudaPlugin::rope, p, "rope");
     return {qo, ko};
-#else
-    no_cuda("rope");
-#endif
   }
   const auto ct = cpu_compute_dtype(q);
   at::Tensor qc = q.to(ct).contiguous(), kc = k.to(ct).contiguous();
@@ -251,16 +214,12 @@ void ce_stats_chunk(const at::Tensor& logits, const at::Tensor& targets, at::Ten
                     int64_t vocab_offset) {
   const int64_t rows = logits.size(0), cols = logits.size(1);
   if (logits.is_cuda()) {
-#ifdef SFT_WITH_CUDA
     CeChunkStatsParams p;
     p.logits = logits.data_ptr<float>(); p.targets = targets.data_ptr<int64_t>(); p.row_max = m.data_ptr<float>();
     p.row_sum = s.data_ptr<float>(); p.target_logit = tl.data_ptr<float>(); p.rows = rows; p.cols = cols;
     p.vocab_offset = vocab_offset;
-    check_launch(ce_chunk_stats_cuda(p, current_stream()), "linear cross-entropy forward");
+    launch_cuda(&CudaPlugin::ce_chunk_stats, p, "linear cross-entropy forward");
     return;
-#else
-    no_cuda("linear cross-entropy forward");
-#endif
   }
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "ce_chunk_stats_cpu", [&] {
     cpu::ce_chunk_stats<scalar_t>(logits.data_ptr<scalar_t>(), targets.data_ptr<int64_t>(), m.data_ptr<scalar_t>(),
@@ -272,15 +231,11 @@ void ce_grad_chunk(at::Tensor& logits, const at::Tensor& lse, const at::Tensor& 
                    int64_t vocab_offset) {
   const int64_t rows = logits.size(0), cols = logits.size(1);
   if (logits.is_cuda()) {
-#ifdef SFT_WITH_CUDA
     CeChunkGradParams p;
     p.logits = logits.data_ptr<float>(); p.lse = lse.data_ptr<float>(); p.targets = targets.data_ptr<int64_t>();
     p.grad_scale = grad_scale.data_ptr<float>(); p.rows = rows; p.cols = cols; p.vocab_offset = vocab_offset;
-    check_launch(ce_chunk_grad_cuda(p, current_stream()), "linear cross-entropy backward");
+    launch_cuda(&CudaPlugin::ce_chunk_grad, p, "linear cross-entropy backward");
     return;
-#else
-    no_cuda("linear cross-entropy backward");
-#endif
   }
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "ce_chunk_grad_cpu", [&] {
     cpu::ce_chunk_grad<scalar_t>(logits.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), targets.data_ptr<int64_t>(),
@@ -434,14 +389,6 @@ at::Tensor composite_linear_cross_entropy_sum(const at::Tensor& hidden, const at
                                               const at::Tensor& targets) {
   at::Tensor logits = at::linear(hidden, weight);  // [N, V]
   return at::cross_entropy_loss(logits.to(at::kFloat), targets, {}, at::Reduction::Sum);
-}
-
-bool fused_ops_have_cuda() {
-#ifdef SFT_WITH_CUDA
-  return true;
-#else
-  return false;
-#endif
 }
 
 // ---- model.fused_ops and the op table ----

@@ -46,7 +46,4 @@ std::pair<at::Tensor, at::Tensor> composite_rotary(const at::Tensor& q, const at
 at::Tensor composite_linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight,
                                               const at::Tensor& targets);
 
-// True when this build contains the CUDA kernels of these ops.
-bool fused_ops_have_cuda();
-
 }  // namespace sft::kernels

@@ -9,11 +9,9 @@
 #include <vector>
 
 #include "kernels/cpu/nf4_cpu.h"
+#include "kernels/cuda_plugin.h"
 #include "kernels/nf4_params.h"
 
-#ifdef SFT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#endif
 
 namespace sft::kernels {
 namespace {
@@ -82,12 +80,7 @@ void dequantize_rows_into(const Nf4Tensors& w, const at::Tensor& out, int64_t ro
   p.out = out.data_ptr();
   p.dtype = op_dtype(out.scalar_type());
   if (w.codes.is_cuda()) {
-#ifdef SFT_WITH_CUDA
-    const int code = nf4_dequantize_cuda(p, at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(code == 0, "nf4 dequantize: CUDA launch failed with error ", code);
-#else
-    TORCH_CHECK(false, "nf4 dequantize: this build has no CUDA kernels");
-#endif
+    launch_cuda(&CudaPlugin::nf4_dequantize, p, "nf4 dequantize");
   } else {
     cpu::nf4_dequantize(p);
   }

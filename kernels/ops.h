@@ -129,7 +129,4 @@ at::Tensor kv_cache_attention(const at::Tensor& q, const at::Tensor& k_new, cons
                               const KvCacheView& cache, const PackedSequences& seqs, double softmax_scale,
                               AttentionImpl impl);
 
-// True when this build contains the CUDA kernels (attention, fused ops, NF4: nvcc was found at configure time).
-bool cuda_kernels_built();
-
 }  // namespace sft::kernels

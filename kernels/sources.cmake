@@ -15,7 +15,10 @@ list(APPEND SFT_KERNEL_SOURCES kernels/fused_projection.cpp)
 list(APPEND SFT_KERNEL_SOURCES kernels/nf4.cpp kernels/cpu/nf4_cpu.cpp)
 # Dropout fused into the linear that consumes it (Philox mask, never stored): binding + CPU twin (kernels/dropout_linear.h).
 list(APPEND SFT_KERNEL_SOURCES kernels/dropout_linear.cpp kernels/cpu/dropout_linear_cpu.cpp)
-# Device code + torch-free launchers (compiled only when nvcc is found; SFT_WITH_CUDA is then defined).
+# The CUDA plugin's loader (kernels/cuda_plugin.h); its entry, kernels/cuda_plugin_entry.cpp, and the
+# sources below make libsft_cuda.so (CMakeLists.txt), not sftcore.
+list(APPEND SFT_KERNEL_SOURCES kernels/cuda_plugin_loader.cpp)
+# Device code + torch-free launchers (compiled only when nvcc is found, into the plugin, with SFT_WITH_CUDA).
 set(SFT_KERNEL_CUDA_SOURCES
   kernels/attention_fwd.cu
   kernels/attention_bwd.cu

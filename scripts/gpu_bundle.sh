@@ -2,7 +2,8 @@
 # scripts/gpu_bundle.sh: builds the carried GPU proof, gpu-bundle/ (git-ignored), for one `run` call on a
 # lent GPU machine (its README: /work/.library/device; the run is `bash gpu-bundle/run.sh`, carry
 # ["gpu-bundle"]). CUDA for sm_80 and sm_90, Release, stripped:
-#   bin/      sft, sft_tests, bench_attention
+#   bin/      sft, sft_tests, bench_attention, and libsft_cuda.so beside them (the CUDA plugin they dlopen:
+#             kernels/cuda_plugin.h)
 #   lib/      the shared libraries ldd shows that are neither LibTorch, CUDA/NCCL/cuDNN nor the C/C++
 #             runtime (libsentencepiece, libyaml-cpp, ...); the machine's torch/lib + nvidia/*/lib give the rest
 #   model/    SmolLM2-135M's config.json and tokenizer files WITHOUT its weights: run.sh makes random-init
@@ -10,7 +11,7 @@
 #   data/     the quiz examples of scripts/make_quiz_data.py (train 429, eval 48)
 #   scripts/  bench_train.py (the HF transformers + PEFT side of the training table)
 #   run.sh    scripts/gpu_run.sh; MANIFEST: commit, build settings, sizes
-# Fails if the bundle exceeds 48 MiB, if a binary lacks sm_80 or sm_90 code, or if ldd with
+# Fails if the bundle exceeds 48 MiB, if the plugin lacks sm_80 or sm_90 code, or if ldd with
 # LD_LIBRARY_PATH = gpu-bundle/lib leaves a library unresolved or resolved outside the bundle that is not
 # torch/CUDA/NCCL/cuDNN/cuBLAS... or the C/C++ runtime. Reuses build/ when it is a Release CUDA build for
 # 80;90 (what scripts/build.sh makes where nvcc exists), otherwise builds build-gpu-bundle/.
@@ -44,19 +45,19 @@ for t in "${TARGETS[@]}"; do build_args+=(--target "$t"); done
 cmake --build "$BUILD" -j"${SFT_JOBS:-2}" "${build_args[@]}" 2>&1 |
   grep -v -E "^\[ *[0-9]+%\]|ptxas info|bytes stack frame|Used [0-9]+ registers|Compiling entry function|Function properties" || true
 for t in "${TARGETS[@]}"; do [[ -x "$BUILD/$t" ]] || fail "build of $t failed"; done
+PLUGIN=libsft_cuda.so
+[[ -f "$BUILD/$PLUGIN" ]] || fail "build of the CUDA plugin ($BUILD/$PLUGIN) failed"
 
 # ---- gather ----
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE"/{bin,lib,model,data,scripts}
-for t in "${TARGETS[@]}"; do strip --strip-unneeded -o "$BUNDLE/bin/$t" "$BUILD/$t"; done
-# Our kernels must be in the binaries as sm_80 and sm_90 machine code (no JIT from PTX on the device).
+for t in "${TARGETS[@]}" "$PLUGIN"; do strip --strip-unneeded -o "$BUNDLE/bin/$t" "$BUILD/$t"; done
+# Our kernels must be in the plugin as sm_80 and sm_90 machine code (no JIT from PTX on the device).
 # cuobjdump: PATH, the CUDA toolkit, or the pinned nvidia-cuda-cuobjdump wheel in .venv (as check_cuda_build.py).
 CUOBJDUMP="$(command -v cuobjdump || ls /usr/local/cuda/bin/cuobjdump .venv/lib/python3*/site-packages/nvidia/*/bin/cuobjdump 2>/dev/null | head -1 || true)"
 [[ -x "$CUOBJDUMP" ]] || fail "cuobjdump not found (PATH, /usr/local/cuda/bin, .venv's nvidia wheels)"
-for t in sft sft_tests bench_attention; do
-  elfs="$("$CUOBJDUMP" --list-elf "$BUNDLE/bin/$t" 2>/dev/null || true)"
-  for sm in sm_80 sm_90; do grep -q "$sm" <<<"$elfs" || fail "bin/$t has no $sm code (cuobjdump --list-elf)"; done
-done
+elfs="$("$CUOBJDUMP" --list-elf "$BUNDLE/bin/$PLUGIN" 2>/dev/null || true)"
+for sm in sm_80 sm_90; do grep -q "$sm" <<<"$elfs" || fail "bin/$PLUGIN has no $sm code (cuobjdump --list-elf)"; done
 
 # Libraries LibTorch's wheel and the CUDA/NCCL/cuDNN wheels provide on the device, and the C/C++ runtime.
 PROVIDED='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libutil\.so|libstdc\+\+\.so|libgcc_s\.so|libgomp|libtorch|libc10|libcaffe2|libshm|libcuda|libcudart|libcublas|libcudnn|libcufft|libcufile|libcurand|libcusolver|libcusparse|libcupti|libnccl|libnvJitLink|libnvrtc|libnvshmem|libnvToolsExt|libnvtx|libnvperf)'
@@ -64,7 +65,7 @@ ldd_rows() {  # "name path" per library (path "not found" when unresolved)
   LD_LIBRARY_PATH="$BUNDLE/lib" ldd "$1" |
     awk '/=>/ {print $1, ($3 == "not" ? "not-found" : $3)} !/=>/ && NF {n = $1; sub(".*/", "", n); print n, n}'
 }
-for t in "${TARGETS[@]}"; do
+for t in "${TARGETS[@]}" "$PLUGIN"; do
   while read -r name path; do
     [[ "$name" =~ $PROVIDED ]] && continue
     [[ "$path" == not-found ]] && fail "bin/$t needs $name, which is not found here either"

@@ -75,7 +75,7 @@ echo "[run] $MODE, budget ${BUDGET_S}s, out $OUT"
 # ---- 0. the bundle itself ----
 step0() {
   local missing=() f problems
-  for f in bin/sft bin/sft_tests bin/bench_attention model/config.json model/tokenizer.json data/train.jsonl \
+  for f in bin/sft bin/sft_tests bin/bench_attention bin/libsft_cuda.so model/config.json model/tokenizer.json data/train.jsonl \
     scripts/bench_train.py MANIFEST; do
     [[ -e "$HERE/$f" ]] || missing+=("$f")
   done
@@ -93,13 +93,22 @@ step0() {
   problems="$(ours ldd "$HERE/bin/sft" | awk '/libtorch_cpu|libc10\.so/ {print $3}' | grep -v -F "$TORCH_DIR" || true)"
   [[ -z "$problems" ]] || { record "0 bundle" FAILED "torch resolved outside $TORCH_DIR: $problems"; return; }
   ours "$HERE/bin/sft" --version >"$WORK/version" 2>&1 || { record "0 bundle" FAILED "sft --version: $(cat "$WORK/version")"; return; }
+  # The CUDA plugin (bin/libsft_cuda.so, dlopen'ed by sft) must load against this machine's torch when
+  # asked to (any machine), and by itself on the GPU; its status line says why not.
+  SFT_CUDA_PLUGIN=load ours "$HERE/bin/sft" --version >"$WORK/version_load" 2>&1
+  if ! grep -q "^CUDA: plugin loaded from $HERE/bin/libsft_cuda.so" "$WORK/version_load"; then
+    record "0 bundle" FAILED "SFT_CUDA_PLUGIN=load: the CUDA plugin did not load: $(grep '^CUDA:' "$WORK/version_load")"; return
+  fi
+  if ((HAVE_GPU)) && ! grep -q "^CUDA: plugin loaded from" "$WORK/version"; then
+    record "0 bundle" FAILED "the CUDA plugin did not load: $(grep '^CUDA:' "$WORK/version")"; return
+  fi
   ours "$HERE/bin/sft" help config >"$WORK/help_config" 2>&1 || { record "0 bundle" FAILED "sft help config failed"; return; }
   ours "$HERE/bin/sft_tests" --gtest_list_tests --gtest_filter='AttentionCuda*:FusedOpsCuda*:Nf4Cuda*:DropoutLinearCuda*' >"$WORK/tests_list" 2>&1 ||
     { record "0 bundle" FAILED "sft_tests does not start: $(tail -3 "$WORK/tests_list")"; return; }
   N_CUDA_TESTS=$(grep -c '^  ' "$WORK/tests_list")
   ((N_CUDA_TESTS > 0)) || { record "0 bundle" FAILED "no AttentionCuda tests listed"; return; }
   "$PY" -c 'import transformers, peft' 2>"$WORK/py_err" || { record "0 bundle" FAILED "$PY lacks transformers/peft: $(tail -1 "$WORK/py_err")"; return; }
-  record "0 bundle" ok "files present, libraries resolve (torch from $TORCH_DIR), binaries start ($(head -1 "$WORK/version")), $N_CUDA_TESTS AttentionCuda tests listed"
+  record "0 bundle" ok "files present, libraries resolve (torch from $TORCH_DIR), binaries start ($(head -1 "$WORK/version")), the CUDA plugin loads, $N_CUDA_TESTS AttentionCuda tests listed"
 }
 N_CUDA_TESTS=0
 step0
@@ -144,7 +153,7 @@ skipped=$(grep -cE '^\[  SKIPPED \] (AttentionCuda|FusedOpsCuda|Nf4Cuda|DropoutL
 passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) tests\{0,1\}.*/\1/p' "$OUT/attention_tests.log")
 if ((DRY)); then
   if [[ "$rc" == 0 ]] && ((skipped == N_CUDA_TESTS)); then
-    record "2 AttentionCuda tests" skipped "dry run: all $skipped listed tests skip here ($(grep -m1 -o 'no CUDA device[^"]*' "$OUT/attention_tests.log" || echo 'no GPU'))"
+    record "2 AttentionCuda tests" skipped "dry run: all $skipped listed tests skip here ($(grep -m1 -o -E '(no CUDA device|the CUDA plugin is not loaded)[^"(]*' "$OUT/attention_tests.log" || echo 'no GPU'))"
   else
     record "2 AttentionCuda tests" FAILED "dry run: exit $rc, $skipped of $N_CUDA_TESTS skipped"
   fi
@@ -158,8 +167,8 @@ fi
 budget 110 env LD_LIBRARY_PATH="$OUR_LD" "$HERE/bin/bench_attention" --cuda >"$OUT/attention_bench.md" 2>&1
 rc=$?
 if ((DRY)); then
-  if grep -q "no CUDA device is available" "$OUT/attention_bench.md"; then
-    record "3 attention throughput" skipped "dry run: bench_attention starts and reports no CUDA device"
+  if grep -q -E "no CUDA device is visible|the CUDA plugin is not loaded: no NVIDIA driver" "$OUT/attention_bench.md"; then
+    record "3 attention throughput" skipped "dry run: bench_attention starts and reports no CUDA device ($(tail -1 "$OUT/attention_bench.md" | cut -c1-80))"
   else
     record "3 attention throughput" FAILED "dry run: unexpected output (exit $rc): $(tail -1 "$OUT/attention_bench.md")"
   fi

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_plugin.h"
 #include "kernels/fused_attention.h"
 #include "kernels/ops.h"
 
@@ -147,8 +148,7 @@ PackedSequences packed(const std::vector<int32_t>& lens, const at::Device& devic
 }
 
 void run_cuda() {
-  if (!sft::kernels::cuda_kernels_built()) throw std::runtime_error("this build has no CUDA kernels");
-  if (!torch::cuda::is_available()) throw std::runtime_error("no CUDA device is available");
+  if (const std::string why = sft::kernels::cuda_unavailable_reason(); !why.empty()) throw std::runtime_error(why);
   const at::Device cuda(at::kCUDA, 0);
   auto randn = [&](int64_t t, int64_t h, int64_t d) { return at::randn({t, h, d}, at::kFloat).to(cuda).to(at::kBFloat16); };
   auto tflops = [](double flops, double ms) { return flops / (ms * 1e-3) / 1e12; };
@@ -227,6 +227,7 @@ void run_cuda() {
 
 int main(int argc, char** argv) {
   try {
+    sft::kernels::load_cuda_plugin();  // first: before anything asks LibTorch about CUDA (kernels/cuda_plugin.h)
     at::manual_seed(0);
     if (argc > 1 && std::string(argv[1]) == "--cuda") {
       run_cuda();

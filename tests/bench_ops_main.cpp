@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_plugin.h"
 #include "common/autocast.h"
 #include "data/loader.h"
 #include "kernels/fused_ops.h"
@@ -170,6 +171,7 @@ int ops_command(int argc, char** argv);  // tests/bench_ops_kernels.cpp
 
 int main(int argc, char** argv) {
   try {
+    sft::kernels::load_cuda_plugin();  // first: before anything asks LibTorch about CUDA (kernels/cuda_plugin.h)
     const std::string mode = argc > 1 ? argv[1] : "";
     if (mode == "profile") return profile_command(argc, argv);
     if (mode == "ops") return ops_command(argc, argv);

@@ -1,6 +1,8 @@
 # tests/: one GoogleTest executable (sft_tests); golden data comes from scripts/make_golden*.py.
 set(SFT_TEST_SOURCES
+  tests/test_main.cpp
   tests/test_util.cpp
+  tests/test_cuda_plugin.cpp
   tests/test_safetensors.cpp
   tests/test_safetensors_bad_input.cpp
   tests/test_model.cpp

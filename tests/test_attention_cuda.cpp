@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_plugin.h"
 #include "kernels/attention_choice.h"
 #include "kernels/fused_attention.h"
 #include "kernels/ops.h"
@@ -25,9 +26,7 @@ namespace {
 
 // Returns a reason to skip, or "" when the GPU tests can run.
 std::string gpu_skip_reason() {
-  if (!cuda_kernels_built()) return "this build has no CUDA kernels (nvcc was not found at configure time)";
-  if (!torch::cuda::is_available()) return "no CUDA device is available";
-  return "";
+  return cuda_unavailable_reason();
 }
 #define SKIP_WITHOUT_GPU()                                       \
   do {                                                           \

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cmath>
 
+#include "kernels/cuda_plugin.h"
 #include "common/autocast.h"
 #include "kernels/dropout_linear.h"
 #include "kernels/fused_ops.h"
@@ -315,8 +316,7 @@ TEST(DropoutLinear, FusedOpsChangeIsAFingerprintDifference) {
 
 // ---- CUDA (run by the GPU bundle) ----
 TEST(DropoutLinearCuda, MaskEqualsTheCpuTwinsAndMatchesFp64Reference) {
-  if (!kernels::fused_ops_have_cuda()) GTEST_SKIP() << "this build has no CUDA kernels";
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  if (const std::string why = kernels::cuda_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
   torch::manual_seed(4);
   const DropoutSeed key{0xC0FFEEull, 5};
   const at::Device dev(at::kCUDA);

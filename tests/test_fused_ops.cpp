@@ -11,6 +11,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "kernels/cuda_plugin.h"
 #include "common/errors.h"
 #include "kernels/fused_ops.h"
 #include "model/weights.h"
@@ -338,8 +339,7 @@ TEST(FusedOpsConfig, ParsesAutoNoneAndListsAndNamesBadEntries) {
 
 // ---- CUDA (run by the GPU bundle) ----
 bool cuda_ready(std::string& why) {
-  if (!kernels::fused_ops_have_cuda()) why = "this build has no CUDA kernels";
-  else if (!torch::cuda::is_available()) why = "no CUDA device";
+  why = kernels::cuda_unavailable_reason();
   return why.empty();
 }
 

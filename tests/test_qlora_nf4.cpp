@@ -14,6 +14,7 @@
 
 #include <map>
 
+#include "kernels/cuda_plugin.h"
 #include "kernels/nf4.h"
 #include "kernels/ops.h"
 #include "kernels/nf4_params.h"
@@ -206,8 +207,7 @@ TEST(Nf4, LinearForwardAndBackwardEqualDenseMatmul) {
 }
 
 bool nf4_cuda_ready(std::string& why) {
-  if (!kernels::cuda_kernels_built()) why = "this build has no CUDA kernels";
-  else if (!torch::cuda::is_available()) why = "no CUDA device";
+  why = kernels::cuda_unavailable_reason();
   return why.empty();
 }
 

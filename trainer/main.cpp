@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "kernels/cuda_plugin.h"
 #include "trainer/commands.h"
 #include "trainer/process_defaults.h"
 
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   sft::apply_process_defaults(argv);  // first: may re-execute the binary once (OpenMP wait policy)
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
+    sft::kernels::load_cuda_plugin();  // before anything asks LibTorch about CUDA (kernels/cuda_plugin.h)
     return sft::run_sft(args);
   } catch (const sft::InputError& e) {
     std::cerr << "error: " << e.what() << "\n";

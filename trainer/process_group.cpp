@@ -1,18 +1,16 @@
 // trainer/process_group.cpp: torchrun's environment -> TCPStore client (or host) -> PrefixStore per
-// restart attempt -> ProcessGroupGloo / ProcessGroupNCCL, and the few collectives the trainer uses.
+// restart attempt -> ProcessGroupGloo / ProcessGroupNCCL (made by the CUDA plugin, kernels/cuda_plugin.h),
+// and the few collectives the trainer uses.
 #include "trainer/process_group.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef SFT_WITH_CUDA
-#include <c10/cuda/CUDAFunctions.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#endif
 
 #include <cstdlib>
 
 #include "common/errors.h"
+#include "kernels/cuda_plugin.h"
 
 namespace sft {
 namespace {
@@ -94,11 +92,9 @@ std::string resolve_backend(const DistOptions& options, const at::Device& device
                      " (use dist.backend: gloo or auto on CPU)");
   }
   if (options.backend == DistBackend::kNccl || (options.backend == DistBackend::kAuto && device.is_cuda())) {
-#ifdef SFT_WITH_CUDA
+    const kernels::CudaPluginState& cuda = kernels::load_cuda_plugin();
+    if (!cuda.plugin) throw InputError("dist.backend: nccl is not available: the CUDA plugin is " + cuda.status);
     return "nccl";
-#else
-    throw InputError("dist.backend: nccl is not available: this sft was built without CUDA");
-#endif
   }
   return "gloo";
 }
@@ -143,16 +139,11 @@ std::unique_ptr<Collectives> Collectives::connect(const DistEnv& env, const std:
     out->backend_ = c10::make_intrusive<c10d::ProcessGroupGloo>(group_store, static_cast<int>(env.rank),
                                                                 static_cast<int>(env.world_size), options);
   } else {
-#ifdef SFT_WITH_CUDA
-    c10::cuda::set_device(static_cast<c10::DeviceIndex>(env.local_rank));
-    auto options = c10d::ProcessGroupNCCL::Options::create();
-    options->timeout = timeout;
-    out->backend_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(group_store, static_cast<int>(env.rank),
-                                                                 static_cast<int>(env.world_size), options);
+    const kernels::CudaPlugin& cuda = kernels::cuda_plugin("dist.backend: nccl");
+    cuda.set_device(static_cast<int>(env.local_rank));
+    out->backend_ = cuda.make_nccl_backend(group_store, static_cast<int>(env.rank), static_cast<int>(env.world_size),
+                                           timeout);
     out->device_ = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
-#else
-    throw InputError("dist.backend: nccl is not available: this sft was built without CUDA");
-#endif
   }
   out->backend_name_ = backend;
   return out;

@@ -11,6 +11,7 @@
 
 #include "common/errors.h"
 #include "data/tokenized.h"
+#include "kernels/cuda_plugin.h"
 #include "model/config.h"
 #include "model/quantize.h"
 #include "model/weights.h"
@@ -39,9 +40,12 @@ kernels::AttentionResolveOptions attention_resolve_options(const Config& config,
 
 Runtime resolve_runtime(const Config& config, int64_t cuda_index) {
   Runtime runtime;
-  const bool cuda_available = torch::cuda::is_available();
+  const bool cuda_available = kernels::cuda_device_available();
   if (config.train.device == DeviceChoice::kCuda) {
-    if (!cuda_available) throw InputError("train.device: cuda was requested but no CUDA device is available");
+    if (!cuda_available) {
+      throw InputError("train.device: cuda was requested but no CUDA device is available (the CUDA plugin is " +
+                       kernels::load_cuda_plugin().status + ")");
+    }
     runtime.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index));
   } else if (config.train.device == DeviceChoice::kAuto && cuda_available) {
     runtime.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index));

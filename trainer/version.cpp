@@ -2,6 +2,7 @@
 // hooks, the loaded NCCL), not of the build machine, so an installed binary reports what it will use.
 #include "trainer/version.h"
 
+#include "kernels/cuda_plugin.h"
 #include "trainer/process_defaults.h"
 
 #include <ATen/Context.h>
@@ -11,10 +12,6 @@
 #include <torch/version.h>
 
 #include <sstream>
-
-#ifdef SFT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#endif
 
 namespace sft {
 namespace {
@@ -35,36 +32,23 @@ std::string nccl_version_text() {
   return std::to_string(code / 10000) + "." + std::to_string((code / 100) % 100) + "." + std::to_string(code % 100);
 }
 
-// "CUDA 13.0" when LibTorch's CUDA library is loaded, else "CPU-only".
+// "CUDA 13.0" when LibTorch's CUDA library is loaded (by the CUDA plugin), else "CUDA library not loaded".
 std::string libtorch_cuda_text() {
   try {
     const long version = at::detail::getCUDAHooks().versionCUDART();  // throws without ATen_cuda
     return "CUDA " + cuda_version_text(version);
   } catch (const c10::Error&) {
-    return "CPU-only";
+    return "CUDA library not loaded";
   }
-}
-
-// "80,90" (CMake's SFT_CUDA_ARCHITECTURES) -> "sm_80, sm_90".
-[[maybe_unused]] std::string architectures_text(const std::string& list) {
-  std::string text, item;
-  std::istringstream in(list);
-  while (std::getline(in, item, ',')) text += (text.empty() ? "sm_" : ", sm_") + item;
-  return text;
 }
 
 std::string gpu_text() {
-  const size_t count = torch::cuda::device_count();
+  const kernels::CudaPlugin* cuda = kernels::load_cuda_plugin().plugin;
+  const size_t count = cuda ? torch::cuda::device_count() : 0;
   if (count == 0) return "none visible";
   std::string text = std::to_string(count) + " visible";
-#ifdef SFT_WITH_CUDA
-  for (size_t i = 0; i < count; ++i) {
-    const cudaDeviceProp* p = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(i));
-    text += std::string(i ? ", " : " (") + p->name + " sm_" + std::to_string(p->major) + std::to_string(p->minor);
-  }
-  text += ")";
-#endif
-  return text;
+  for (size_t i = 0; i < count; ++i) text += (i ? ", " : " (") + cuda->device_description(static_cast<int>(i));
+  return text + ")";
 }
 
 }  // namespace
@@ -73,13 +57,14 @@ std::string version_report() {
   std::ostringstream out;
   out << "sft " << SFT_VERSION << "\n";
   out << "LibTorch " << TORCH_VERSION << "\n";
+  const kernels::CudaPluginState& plugin = kernels::load_cuda_plugin();  // before LibTorch's CUDA hooks are asked
   const std::string torch_cuda = libtorch_cuda_text();
-#ifdef SFT_WITH_CUDA
-  out << "CUDA: compiled in, our kernels for " << architectures_text(SFT_CUDA_ARCH_LIST) << "; LibTorch " << torch_cuda
-      << "\n";
-#else
-  out << "CUDA: not compiled in (built without nvcc); LibTorch " << torch_cuda << "\n";
-#endif
+  if (plugin.plugin) {
+    out << "CUDA: plugin " << plugin.status << ", our kernels for " << plugin.plugin->architectures()
+        << "; LibTorch " << torch_cuda << "\n";
+  } else {
+    out << "CUDA: plugin " << plugin.status << "; LibTorch " << torch_cuda << "\n";
+  }
   out << "GPU: " << gpu_text() << "\n";
   out << "NCCL: " << nccl_version_text() << "\n";
   out << process_defaults_report();

@@ -44,21 +44,38 @@ def test_installed_sft_runs_from_any_directory(sft_binary, tmp_path):
     assert lines[1] == f"LibTorch {torch.__version__.split('+')[0]}"
 
     cache = cmake_cache(build_dir)
-    torch_cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+    torch_cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CUDA library not loaded"
+    driver = Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+    gpus = torch.cuda.device_count()
+    nccl = "NCCL: " + ".".join(map(str, torch.cuda.nccl.version())) if torch.version.cuda else "NCCL: not loaded"
     if list(build_dir.glob("CMakeFiles/*/CMakeCUDACompiler.cmake")):  # CMake enabled CUDA: nvcc was found
         archs = ", ".join(f"sm_{a}" for a in cache["SFT_CUDA_ARCHITECTURES"].split(";"))
-        assert lines[2] == f"CUDA: compiled in, our kernels for {archs}; LibTorch {torch_cuda}"
+        plugin = prefix / "lib" / "libsft_cuda.so"
+        assert plugin.is_file(), "the CUDA plugin was not installed beside bin/"
+        loaded = f"CUDA: plugin loaded from {plugin}, our kernels for {archs}; LibTorch {torch_cuda}"
+        if driver:
+            assert lines[2] == loaded
+        else:  # no NVIDIA driver: a CPU process never maps LibTorch's CUDA library
+            assert lines[2].startswith("CUDA: plugin not loaded: no NVIDIA driver"), lines[2]
+            assert lines[2].endswith("; LibTorch CUDA library not loaded"), lines[2]
+            assert lines[4] == "NCCL: not loaded"
+        # Asked to, the installed binary finds and loads its plugin from DIR/lib, GPU or not.
+        forced = subprocess.run([str(installed), "--version"], cwd=elsewhere, env={**env, "SFT_CUDA_PLUGIN": "load"},
+                                capture_output=True, text=True)
+        assert forced.returncode == 0, forced.stderr
+        forced_lines = forced.stdout.splitlines()
+        assert forced_lines[2] == loaded
+        assert forced_lines[4] == nccl
+        assert forced_lines[3] == "GPU: none visible" if gpus == 0 else forced_lines[3].startswith(f"GPU: {gpus} visible")
     else:
-        assert lines[2] == f"CUDA: not compiled in (built without nvcc); LibTorch {torch_cuda}"
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
+        assert lines[2] == ("CUDA: plugin not loaded: this sft was built without CUDA (nvcc was not found at "
+                            "configure time); LibTorch CUDA library not loaded")
+        assert lines[4] == "NCCL: not loaded"
+    if gpus == 0 or not driver:
         assert lines[3] == "GPU: none visible"
     else:
         assert lines[3].startswith(f"GPU: {gpus} visible")
-    if torch.version.cuda:
-        assert lines[4] == "NCCL: " + ".".join(map(str, torch.cuda.nccl.version()))
-    else:
-        assert lines[4] == "NCCL: not loaded"
+        assert lines[4] == nccl
 
     # LibTorch is found through the RUNPATH (absolute, into the wheel), not through the environment.
     dynamic = subprocess.run(["readelf", "-d", str(installed)], capture_output=True, text=True, check=True).stdout
