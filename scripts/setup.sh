@@ -35,8 +35,10 @@ STAMP=.venv/.requirements.sha256
 want="$(sha256sum scripts/requirements.txt | cut -d' ' -f1)"
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$want" ]]; then
   echo "[setup] installing pinned Python packages (torch wheel provides LibTorch)"
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -r scripts/requirements.txt
+  # --no-cache-dir: the torch and nvidia-* wheels are ~4 GiB, and a cached copy of each would double the
+  # disk this step needs (a CI run once failed here with ENOSPC).
+  .venv/bin/pip install -q --no-cache-dir --upgrade pip
+  .venv/bin/pip install -q --no-cache-dir -r scripts/requirements.txt
   echo "$want" > "$STAMP"
 fi
 echo "[setup] ok"
