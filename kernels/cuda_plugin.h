@@ -14,6 +14,7 @@
 #pragma once
 
 #include <ATen/core/Generator.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/intrusive_ptr.h>
 
 #include <chrono>
@@ -90,6 +91,9 @@ const CudaPluginState& load_cuda_plugin();
 
 // The loaded plugin, or InputError naming `what` and why there is none.
 const CudaPlugin& cuda_plugin(const std::string& what);
+
+// The launchers' dtype code of a CUDA tensor's dtype; c10::Error naming `what` unless float, bfloat16, float16.
+OpDtype cuda_op_dtype(at::ScalarType dtype, const char* what);
 
 // Runs one launcher of the plugin on the current stream, e.g. launch_cuda(&CudaPlugin::rope, params,
 // "rope"); throws naming `what` when there is no plugin or the launch failed.

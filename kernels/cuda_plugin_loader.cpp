@@ -4,7 +4,6 @@
 
 #include <dlfcn.h>
 #include <torch/cuda.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -121,6 +120,15 @@ const CudaPlugin& cuda_plugin(const std::string& what) {
   const CudaPluginState& state = load_cuda_plugin();
   if (!state.plugin) throw InputError(what + " needs CUDA, but the CUDA plugin is " + state.status);
   return *state.plugin;
+}
+
+OpDtype cuda_op_dtype(at::ScalarType dtype, const char* what) {
+  switch (dtype) {
+    case at::kFloat: return OpDtype::Float32;
+    case at::kBFloat16: return OpDtype::BFloat16;
+    case at::kHalf: return OpDtype::Float16;
+    default: TORCH_CHECK(false, what, " (CUDA): unsupported dtype ", dtype, " (float, bfloat16, float16)");
+  }
 }
 
 bool cuda_device_available() { return load_cuda_plugin().plugin && torch::cuda::is_available(); }

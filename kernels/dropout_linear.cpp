@@ -23,15 +23,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-OpDtype op_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return OpDtype::Float32;
-    case at::kBFloat16: return OpDtype::BFloat16;
-    case at::kHalf: return OpDtype::Float16;
-    default: TORCH_CHECK(false, "dropout_linear (CUDA): unsupported dtype ", t, " (float, bfloat16, float16)");
-  }
-}
-
 void check_dtype(const at::Tensor& t, const char* name) {
   const auto d = t.scalar_type();
   TORCH_CHECK(d == at::kFloat || d == at::kBFloat16 || d == at::kHalf || (t.is_cpu() && d == at::kDouble),
@@ -73,8 +64,8 @@ void apply_dropout_mask(const DropoutSeed& key, double p, const at::Tensor& x, c
     params.grad_dropped = grad_dropped.data_ptr();
   }
   if (any.is_cuda()) {
-    params.x_dtype = op_dtype(x_type);
-    params.compute_dtype = op_dtype(compute_type);
+    params.x_dtype = cuda_op_dtype(x_type, "dropout_linear");
+    params.compute_dtype = cuda_op_dtype(compute_type, "dropout_linear");
     launch_cuda(&CudaPlugin::dropout_mask, params, "dropout_linear");
     return;
   }

@@ -34,15 +34,6 @@ void check_op_tensor(const at::Tensor& t, const char* op, const char* name) {
 // CPU twins compute in double for double, in float otherwise (bf16/fp16 are converted on the way).
 at::ScalarType cpu_compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-OpDtype op_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return OpDtype::Float32;
-    case at::kBFloat16: return OpDtype::BFloat16;
-    case at::kHalf: return OpDtype::Float16;
-    default: TORCH_CHECK(false, "fused op (CUDA): unsupported dtype ", t);
-  }
-}
-
 // ---- RMSNorm ----
 // x2: [rows, cols] contiguous. Returns {y, rstd}; rstd fp32 (fp64 for fp64 CPU input).
 std::pair<at::Tensor, at::Tensor> rmsnorm_forward_raw(const at::Tensor& x2, const at::Tensor& w, double eps) {
@@ -51,7 +42,7 @@ std::pair<at::Tensor, at::Tensor> rmsnorm_forward_raw(const at::Tensor& x2, cons
     at::Tensor y = at::empty_like(x2), rstd = at::empty({rows}, x2.options().dtype(at::kFloat));
     RmsNormFwdParams p;
     p.x = x2.data_ptr(); p.weight = w.data_ptr(); p.y = y.data_ptr(); p.rstd = rstd.data_ptr<float>();
-    p.rows = rows; p.cols = cols; p.eps = static_cast<float>(eps); p.dtype = op_dtype(x2.scalar_type());
+    p.rows = rows; p.cols = cols; p.eps = static_cast<float>(eps); p.dtype = cuda_op_dtype(x2.scalar_type(), "fused op");
     launch_cuda(&CudaPlugin::rmsnorm_forward, p, "rmsnorm forward");
     return {y, rstd};
   }
@@ -78,7 +69,7 @@ std::pair<at::Tensor, at::Tensor> rmsnorm_backward_raw(const at::Tensor& dy2, co
     p.dy = dy2.data_ptr(); p.x = x2.data_ptr(); p.weight = w.data_ptr(); p.rstd = rstd.data_ptr<float>();
     p.dx = dx.data_ptr(); p.dweight_partial = partial.data_ptr<float>();
     p.dweight = want_dweight ? dw.data_ptr() : nullptr;
-    p.rows = rows; p.cols = cols; p.partial_blocks = blocks; p.dtype = op_dtype(x2.scalar_type());
+    p.rows = rows; p.cols = cols; p.partial_blocks = blocks; p.dtype = cuda_op_dtype(x2.scalar_type(), "fused op");
     launch_cuda(&CudaPlugin::rmsnorm_backward, p, "rmsnorm backward");
     return {dx, dw};
   }
@@ -119,7 +110,7 @@ struct SwigluFunction : public torch::autograd::Function<SwigluFunction> {
       at::Tensor out = at::empty_like(g);
       SwigluFwdParams p;
       p.gate = g.data_ptr(); p.up = u.data_ptr(); p.out = out.data_ptr(); p.n = g.numel();
-      p.dtype = op_dtype(g.scalar_type());
+      p.dtype = cuda_op_dtype(g.scalar_type(), "fused op");
       launch_cuda(&CudaPlugin::swiglu_forward, p, "swiglu forward");
       return out;
     }
@@ -140,7 +131,7 @@ struct SwigluFunction : public torch::autograd::Function<SwigluFunction> {
       at::Tensor dg = at::empty_like(g), du = at::empty_like(u);
       SwigluBwdParams p;
       p.dout = d.data_ptr(); p.gate = g.data_ptr(); p.up = u.data_ptr(); p.dgate = dg.data_ptr();
-      p.dup = du.data_ptr(); p.n = g.numel(); p.dtype = op_dtype(g.scalar_type());
+      p.dup = du.data_ptr(); p.n = g.numel(); p.dtype = cuda_op_dtype(g.scalar_type(), "fused op");
       launch_cuda(&CudaPlugin::swiglu_backward, p, "swiglu backward");
       return {dg, du};
     }
@@ -167,7 +158,7 @@ std::pair<at::Tensor, at::Tensor> rope_raw(const at::Tensor& q, const at::Tensor
     RopeParams p;
     p.q = q.data_ptr(); p.k = k.data_ptr(); p.cos = cos.data_ptr(); p.sin = sin.data_ptr();
     p.q_out = qo.data_ptr(); p.k_out = ko.data_ptr(); p.tokens = tokens; p.q_heads = q_heads;
-    p.k_heads = k_heads; p.head_dim = head_dim; p.backward = backward; p.dtype = op_dtype(q.scalar_type());
+    p.k_heads = k_heads; p.head_dim = head_dim; p.backward = backward; p.dtype = cuda_op_dtype(q.scalar_type(), "fused op");
     launch_cuda(&CudaPlugin::rope, p, "rope");
     return {qo, ko};
   }

@@ -45,15 +45,6 @@ void check_nf4(const Nf4Tensors& w) {
   }
 }
 
-OpDtype op_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return OpDtype::Float32;
-    case at::kBFloat16: return OpDtype::BFloat16;
-    case at::kHalf: return OpDtype::Float16;
-    default: TORCH_CHECK(false, "nf4: unsupported output dtype ", t, " (float, bfloat16, float16)");
-  }
-}
-
 // Rows per tile of nf4_linear: at most tile_elements dense elements, even when cols is odd so every
 // tile starts on a byte boundary.
 int64_t tile_rows_of(const Nf4Tensors& w, int64_t tile_elements) {
@@ -78,7 +69,7 @@ void dequantize_rows_into(const Nf4Tensors& w, const at::Tensor& out, int64_t ro
   p.count = out.size(0) * w.cols;
   p.blocksize = w.blocksize;
   p.out = out.data_ptr();
-  p.dtype = op_dtype(out.scalar_type());
+  p.dtype = cuda_op_dtype(out.scalar_type(), "nf4");
   if (w.codes.is_cuda()) {
     launch_cuda(&CudaPlugin::nf4_dequantize, p, "nf4 dequantize");
   } else {
