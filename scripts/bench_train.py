@@ -340,6 +340,17 @@ def run_hf(args, work, model_dir, batches, case, name):
     return result
 
 
+def median_run(runs):
+    """The run with the median tokens/s (the lower middle for an even count), with the spread of all runs
+    in "tokens_per_s_all"; None if any run timed out."""
+    if any(r is None for r in runs):
+        return None
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    middle = dict(ordered[(len(ordered) - 1) // 2])
+    middle["tokens_per_s_all"] = [r["tokens_per_s"] for r in runs]
+    return middle
+
+
 def measure_peaks(args):
     out, _, _, _, _ = peak_rss_of([args.python, "-c", PEAK_LOOP, str(args.threads), str(args.peak_seconds), args.device])
     return json.loads(out.strip().splitlines()[-1])
@@ -427,14 +438,19 @@ def print_table(args, results, peaks, matmul_cfg, estimate):
                 smol = args.model == "smollm2"
                 ratio = fmt_ratio(ours["tokens_per_s"] / hf["tokens_per_s"], TARGET_SPEEDUP[method] if smol else None)
                 rss = fmt_ratio(ours["rss"] / hf["rss"], TARGET_RSS_RATIO if smol else None, higher=False)
-            print(f"| {case} | {who} | {r['tokens_per_s']:.0f} | {r['targets_per_s']:.0f} | {r['rss']:.0f} |"
+            all_tps = r.get("tokens_per_s_all", [])
+            spread = f" ({min(all_tps):.0f}-{max(all_tps):.0f})" if len(all_tps) > 1 else ""
+            print(f"| {case} | {who} | {r['tokens_per_s']:.0f}{spread} | {r['targets_per_s']:.0f} | {r['rss']:.0f} |"
                   f" {r['first_step_s']:.2f} | {mfu_text} | {r['load']:.1f} | {ratio} | {rss} |")
     print(f"\nFLOPs per token (flops_per_token() in scripts/bench_train.py): per input token + per target token;"
           f" matmul params per layer {matmul_cfg}. Steady state excludes step 1; load = 1-min load average when"
           f" the runner started. HF packed rows: sdpa with transformers' block-diagonal causal mask from"
           f" position_ids (CPU has no varlen SDPA, so HF computes the full {PACKED_LEN}x{PACKED_LEN} square"
           f" masked; sft runs SDPA per example); MFU counts the per-example attention for both."
-          f" OpenMP wait (libgomp, LibTorch's OpenMP runtime): " + openmp_footer(args, results) + ".")
+          f" OpenMP wait (libgomp, LibTorch's OpenMP runtime): " + openmp_footer(args, results) + "." +
+          (f" --repeats {args.repeats}: sft and HF alternate; each row is the run with the median tokens/s (the"
+           f" lower middle for an even count), its range in parentheses; ratios are of those runs."
+           if args.repeats > 1 else ""))
 
 
 def main():
@@ -459,6 +475,8 @@ def main():
     parser.add_argument("--label", default="default", help="name of the --sft-env variant in the title")
     parser.add_argument("--json-out", default=None, help="also append the results as one JSON line here")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per case and runner, alternating sft and HF; the table shows the median run")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep the work directory (configs, run outputs); by default it is removed at exit,"
                              " since every full-FT case writes GiBs of checkpoints")
@@ -480,7 +498,9 @@ def main():
         cases = ["lora-padded-fp32", "lora-packed-fp32"] if args.quick else all_cases()
     steps_for = lambda rows: args.steps or (QUICK_STEPS if args.quick else STEPS)[rows]
     per_case = lambda c: EXPECTED_S["tiny"] if args.model == "tiny" else EXPECTED_S["smollm2"][c.split("-")[1]]
-    estimate = 2 * args.peak_seconds + 5 + sum(per_case(c) * (0.5 if args.sft_only else 1) *
+    if args.repeats < 1:
+        sys.exit(f"bench_train: --repeats {args.repeats}: at least 1")
+    estimate = 2 * args.peak_seconds + 5 + args.repeats * sum(per_case(c) * (0.5 if args.sft_only else 1) *
                                                (0.6 if args.quick else 1) for c in cases)
     print(f"bench_train {args.model}: {len(cases)} cases, expected ~{estimate:.0f} s on an idle 2-core machine",
           file=sys.stderr, flush=True)
@@ -509,11 +529,14 @@ def run_cases(args, cases, steps_for, work, model_dir, estimate):
         batches = hf_batches(examples, rows, args.micro_batch_size, steps)
         flops = flops_per_token(model_cfg, method, args.rank, doc_len_sq_mean(batches))
         print(f"[{i + 1}/{len(cases)}] {case}: {steps} steps", file=sys.stderr, flush=True)
-        ours = run_sft(args, work, model_dir, tokens_file, case, steps, f"run{i}", sft_env)
-        hf = None if args.sft_only else run_hf(args, work, model_dir, batches, case, f"hf{i}")
-        results[case] = (ours, hf, flops)
-        if not args.keep_work:  # a full-FT run leaves ~2 GiB of checkpoint and export behind
-            shutil.rmtree(work / f"run{i}", ignore_errors=True)
+        # --repeats: sft and HF alternate, so a slow phase of the machine falls on both runners.
+        ours_runs, hf_runs = [], []
+        for _ in range(args.repeats):
+            ours_runs.append(run_sft(args, work, model_dir, tokens_file, case, steps, f"run{i}", sft_env))
+            hf_runs.append(None if args.sft_only else run_hf(args, work, model_dir, batches, case, f"hf{i}"))
+            if not args.keep_work:  # a full-FT run leaves ~2 GiB of checkpoint and export behind
+                shutil.rmtree(work / f"run{i}", ignore_errors=True)
+        results[case] = (median_run(ours_runs), median_run(hf_runs), flops)
     d, hd = model_cfg["hidden_size"], model_cfg.get("head_dim") or model_cfg["hidden_size"] // model_cfg["num_attention_heads"]
     print_table(args, results, peaks, f"d={d}, heads {model_cfg['num_attention_heads']}/{model_cfg['num_key_value_heads']}"
                 f" x {hd}, d_ff={model_cfg['intermediate_size']}, layers {model_cfg['num_hidden_layers']},"
