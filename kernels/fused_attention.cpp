@@ -20,7 +20,6 @@
 #include "kernels/cpu/attention_cpu.h"
 #include "kernels/cuda_plugin.h"
 
-
 namespace sft::kernels {
 namespace {
 
