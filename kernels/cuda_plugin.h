@@ -92,7 +92,8 @@ const CudaPluginState& load_cuda_plugin();
 // The loaded plugin, or InputError naming `what` and why there is none.
 const CudaPlugin& cuda_plugin(const std::string& what);
 
-// The launchers' dtype code of a CUDA tensor's dtype; c10::Error naming `what` unless float, bfloat16, float16.
+// The params structs' dtype code (also read by the NF4 CPU twin); c10::Error naming `what` unless float,
+// bfloat16 or float16.
 OpDtype cuda_op_dtype(at::ScalarType dtype, const char* what);
 
 // Runs one launcher of the plugin on the current stream, e.g. launch_cuda(&CudaPlugin::rope, params,

@@ -127,7 +127,7 @@ OpDtype cuda_op_dtype(at::ScalarType dtype, const char* what) {
     case at::kFloat: return OpDtype::Float32;
     case at::kBFloat16: return OpDtype::BFloat16;
     case at::kHalf: return OpDtype::Float16;
-    default: TORCH_CHECK(false, what, " (CUDA): unsupported dtype ", dtype, " (float, bfloat16, float16)");
+    default: TORCH_CHECK(false, what, ": unsupported dtype ", dtype, " (float, bfloat16, float16)");
   }
 }
 
