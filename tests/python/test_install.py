@@ -35,7 +35,7 @@ def test_installed_sft_runs_from_any_directory(sft_binary, tmp_path):
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "SFT_CUDA_PLUGIN")}
     env["PATH"] = "/usr/bin:/bin"
     result = subprocess.run([str(installed), "--version"], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
