@@ -2,17 +2,21 @@
 // fp64 references written here from the math (forward and every gradient, odd sizes), central finite
 // differences of the fused fp64 CPU path on small cases, the 128k-vocabulary (llama3) loss case, the
 // model with every fused op against the composite model (`model.fused_ops: none`), `model.fused_ops`
-// parsing, and the CUDA kernels (skipped, with the reason, without a GPU).
+// parsing, that the CPU twins' at::parallel_for runs on every thread, and the CUDA kernels (skipped, with the
+// reason, without a GPU).
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 
 #include "kernels/cuda_plugin.h"
 #include "common/errors.h"
+#include "kernels/cpu/fused_ops_cpu.h"
 #include "kernels/fused_ops.h"
 #include "model/weights.h"
 #include "tests/test_util.h"
@@ -106,6 +110,36 @@ void expect_finite_differences(std::vector<at::Tensor> inputs,
 }
 
 // ---- RMSNorm ----
+// at::parallel_for is ATen's header-only OpenMP loop: in a file built without -fopenmp it runs serially,
+// as every CPU twin did until 2026-12-01 (perf showed rmsnorm_backward only on the main thread).
+TEST(CpuTwinThreads, ParallelForUsesEveryThread) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+  const int used = kernels::cpu::parallel_for_threads_used(64);
+  at::set_num_threads(before);
+  EXPECT_EQ(used, 2) << "the CPU twins' at::parallel_for ran on " << used << " of 2 threads (built without -fopenmp?)";
+}
+
+// SwiGLU's CPU twin builds its sigmoid on this exp (std::exp does not vectorise without -ffast-math).
+TEST(CpuExp, WithinTwoUlpOfStdExp) {
+  int worst = 0;
+  float worst_x = 0;
+  for (float x = -80.0f; x <= 44.0f; x += 0.00731f) {
+    const float ours = kernels::cpu::exp_for_tests(x);
+    const float exact = static_cast<float>(std::exp(static_cast<double>(x)));  // correctly rounded, nearly
+    int32_t a, b;
+    std::memcpy(&a, &ours, sizeof a);
+    std::memcpy(&b, &exact, sizeof b);
+    if (std::abs(a - b) > worst) worst = std::abs(a - b), worst_x = x;
+  }
+  EXPECT_LE(worst, 2) << "ulp distance at x = " << worst_x;
+  EXPECT_EQ(kernels::cpu::exp_for_tests(0.0f), 1.0f);
+  // Clamped to [-80, 44]: normal floats, never 0, inf or NaN.
+  EXPECT_EQ(kernels::cpu::exp_for_tests(-1000.0f), kernels::cpu::exp_for_tests(-80.0f));
+  EXPECT_EQ(kernels::cpu::exp_for_tests(1000.0f), kernels::cpu::exp_for_tests(44.0f));
+  EXPECT_TRUE(std::isnormal(kernels::cpu::exp_for_tests(-80.0f)) && std::isnormal(kernels::cpu::exp_for_tests(44.0f)));
+}
+
 TEST(FusedRmsNorm, MatchesFp64ReferenceOverOddSizes) {
   torch::manual_seed(1);
   for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {7, 13}, {33, 577}, {130, 64}}) {

@@ -32,4 +32,11 @@ template <typename Scalar>
 void ce_chunk_grad(Scalar* logits, const Scalar* lse, const int64_t* targets, Scalar grad_scale, int64_t rows,
                    int64_t cols, int64_t vocab_offset);
 
+// The twins' vectorisable float exp (SwiGLU's sigmoid), exposed for its accuracy test.
+float exp_for_tests(float x);
+
+// How many threads an at::parallel_for over `tasks` items ran on, from a file built as the twins are: 1
+// where at::parallel_for compiled to a serial loop (a file built without -fopenmp). Test-only probe.
+int parallel_for_threads_used(int64_t tasks);
+
 }  // namespace sft::kernels::cpu
