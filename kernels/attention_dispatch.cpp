@@ -1,6 +1,8 @@
 // kernels/attention_dispatch.cpp: the single attention entry point (varlen_attention) and its reference
-// paths. `eager` is explicit math per document, `sdpa` calls at::scaled_dot_product_attention per
-// document, `fused` is our FlashAttention-2 style kernel (CUDA) or its CPU twin, TorchFlashVarlen is
+// paths. `eager` is explicit math per document, `sdpa` is LibTorch's CPU flash-attention kernel per
+// document in one autograd node on CPU tensors (kernels/sdpa_cpu.h) and
+// at::scaled_dot_product_attention per document on CUDA ones, `fused` is our FlashAttention-2 style
+// kernel (CUDA) or its CPU twin, TorchFlashVarlen is
 // LibTorch's FlashAttention-2 varlen kernel; resolve_attention_impl (kernels/attention_choice.cpp) turns
 // `auto`/`fused` into a concrete choice once.
 #include "kernels/ops.h"
@@ -14,6 +16,7 @@
 #include "common/autocast.h"
 #include "common/errors.h"
 #include "kernels/attention_choice.h"
+#include "kernels/sdpa_cpu.h"
 #include "kernels/fused_attention.h"
 
 namespace sft::kernels {
@@ -124,8 +127,13 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
   check_attention_inputs(q, k, v, seqs);
   switch (impl) {
     case AttentionImpl::Eager:
-    case AttentionImpl::Sdpa:
       return reference_varlen_attention(q, k, v, seqs, softmax_scale, causal, impl);
+    case AttentionImpl::Sdpa: {
+      if (!q.is_cpu()) return reference_varlen_attention(q, k, v, seqs, softmax_scale, causal, impl);
+      // Autocast: LibTorch's SDPA is on CPU autocast's lower-precision list; the kernel underneath is not.
+      const InAttentionDtype x = to_autocast_dtype(q, k, v);
+      return sdpa_cpu_varlen_attention(x.q, x.k, x.v, seqs.cu_seqlens_host, softmax_scale, causal);
+    }
     case AttentionImpl::Fused:
     case AttentionImpl::FusedDeterministic: {
       const InAttentionDtype x = to_autocast_dtype(q, k, v);

@@ -2,6 +2,7 @@
 set(SFT_KERNEL_SOURCES
   kernels/attention_choice.cpp
   kernels/attention_dispatch.cpp
+  kernels/sdpa_cpu.cpp
   kernels/fused_attention.cpp
   kernels/cpu/attention_cpu.cpp
 )

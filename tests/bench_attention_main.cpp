@@ -1,6 +1,7 @@
 // tests/bench_attention_main.cpp: the attention benchmarks, printed as markdown tables.
 //   bench_attention [REPS]   CPU (scripts/bench_attention.sh): fp32 forward and forward+backward of the
-//                            fused CPU twin against LibTorch's per-document SDPA on packed rows of 1 to 8
+//                            fused CPU twin, `sdpa` (kernels/sdpa_cpu.cpp: one autograd node, exact math per
+//                            document in fp32) and the per-document SDPA graph it replaced, on packed rows of 1 to 12
 //                            documents. `model.attention: auto` on the CPU picks the winner
 //                            (kernels/attention_dispatch.cpp, kCpuAutoImpl).
 //   bench_attention --cuda   GPU (scripts/gpu_run.sh, scripts/gpu_check.sh): TFLOP/s of our CUDA kernel
@@ -52,15 +53,38 @@ double median_ms(Fn&& fn, int reps) {
   return ms[ms.size() / 2];
 }
 
+// `sdpa` on the CPU before 2026-12-01: at::scaled_dot_product_attention on each document's 3-D views (kv
+// heads repeated), concatenated; the autograd graph that kernels/sdpa_cpu.cpp replaced.
+at::Tensor per_document_sdpa_graph(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const std::vector<int32_t>& offsets, double scale, bool causal) {
+  const int64_t group = q.size(1) / k.size(1);
+  std::vector<at::Tensor> outs;
+  for (size_t s = 0; s + 1 < offsets.size(); ++s) {
+    const int64_t begin = offsets[s], len = offsets[s + 1] - offsets[s];
+    auto heads = [&](const at::Tensor& x, int64_t repeat) {  // [L, H, D] -> [H * repeat, L, D]
+      return x.narrow(0, begin, len).transpose(0, 1).repeat_interleave(repeat, 0);
+    };
+    outs.push_back(at::scaled_dot_product_attention(heads(q, 1), heads(k, group), heads(v, group), {}, 0.0, causal,
+                                                    scale)
+                       .transpose(0, 1));
+  }
+  return at::cat(outs, 0);
+}
+
 void run(int reps) {
   const Shape shapes[] = {{{1024}, 8, 8, 64, true},          {{1024}, 8, 2, 64, true},   {{1024}, 8, 2, 128, true},
                           {{512, 512}, 8, 2, 64, true},      {{256, 256, 256, 256}, 8, 2, 64, true},
                           {{1024}, 8, 2, 64, false},         {{2048}, 4, 1, 128, true},
-                          {{300, 200, 150, 120, 100, 80, 50, 24}, 9, 3, 64, true}};
-  std::printf("threads: %d, fp32, median of %d\n\n", at::get_num_threads(), reps);
-  std::printf("| tokens | docs | Hq/Hkv | D | causal | twin fwd ms | sdpa fwd ms | twin fwd+bwd ms | sdpa fwd+bwd ms |"
-              " fwd+bwd sdpa/twin |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+                          {{300, 200, 150, 120, 100, 80, 50, 24}, 9, 3, 64, true},
+                          // SmolLM2 on a packed 512-token row of quiz examples (bench_train's packed case)
+                          {{43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 39}, 9, 3, 64, true}};
+  std::printf("threads: %d, fp32, median of %d; sdpa = one autograd node, exact math per document in fp32 "
+              "(kernels/sdpa_cpu.cpp); old sdpa = at::scaled_dot_product_attention per document "
+              "on 3-D views, the graph it replaced\n\n",
+              at::get_num_threads(), reps);
+  std::printf("| tokens | docs | Hq/Hkv | D | causal | twin fwd ms | sdpa fwd ms | old sdpa fwd ms | twin fwd+bwd ms |"
+              " sdpa fwd+bwd ms | old sdpa fwd+bwd ms | fwd+bwd sdpa/twin | fwd+bwd sdpa/old |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : shapes) {
     std::vector<int32_t> offsets{0};
     for (int32_t len : s.lens) offsets.push_back(offsets.back() + len);
@@ -69,22 +93,26 @@ void run(int reps) {
     const PackedSequences seqs{cu, cu, max_len};
     const at::Tensor q = at::randn({total, s.hq, s.d}), k = at::randn({total, s.hkv, s.d}),
                      v = at::randn({total, s.hkv, s.d}), dout = at::randn({total, s.hq, s.d});
-    double ms[2][2];
-    for (int which = 0; which < 2; ++which) {
-      const AttentionImpl impl = which == 0 ? AttentionImpl::Fused : AttentionImpl::Sdpa;
+    const double scale = 1.0 / std::sqrt(s.d);
+    double ms[3][2];
+    for (int which = 0; which < 3; ++which) {
       for (int with_bwd = 0; with_bwd < 2; ++with_bwd) {
         ms[which][with_bwd] = median_ms(
             [&] {
               at::Tensor qg = q.detach().requires_grad_(with_bwd == 1), kg = k.detach().requires_grad_(with_bwd == 1),
                          vg = v.detach().requires_grad_(with_bwd == 1);
-              at::Tensor out = sft::kernels::varlen_attention(qg, kg, vg, seqs, 1.0 / std::sqrt(s.d), s.causal, impl);
+              at::Tensor out =
+                  which == 2 ? per_document_sdpa_graph(qg, kg, vg, offsets, scale, s.causal)
+                             : sft::kernels::varlen_attention(qg, kg, vg, seqs, scale, s.causal,
+                                                              which == 0 ? AttentionImpl::Fused : AttentionImpl::Sdpa);
               if (with_bwd) torch::autograd::grad({out}, {qg, kg, vg}, {dout});
             },
             reps);
       }
     }
-    std::printf("| %lld | %zu | %d/%d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.2f |\n", static_cast<long long>(total),
-                s.lens.size(), s.hq, s.hkv, s.d, s.causal, ms[0][0], ms[1][0], ms[0][1], ms[1][1], ms[1][1] / ms[0][1]);
+    std::printf("| %lld | %zu | %d/%d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n",
+                static_cast<long long>(total), s.lens.size(), s.hq, s.hkv, s.d, s.causal, ms[0][0], ms[1][0], ms[2][0],
+                ms[0][1], ms[1][1], ms[2][1], ms[1][1] / ms[0][1], ms[1][1] / ms[2][1]);
   }
 }
 

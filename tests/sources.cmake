@@ -28,6 +28,7 @@ list(APPEND SFT_TEST_SOURCES tests/test_checkpoint.cpp)
 list(APPEND SFT_TEST_SOURCES tests/test_dist.cpp)  # multi-process pieces (the rest: tests/python/test_dist_torchrun.py)
 list(APPEND SFT_TEST_SOURCES tests/launch_test_util.cpp tests/test_launch.cpp tests/test_launch_signals.cpp)  # sft launch
 list(APPEND SFT_TEST_SOURCES tests/test_data_files.cpp tests/test_tensorboard.cpp)  # .json/.gz data; TensorBoard files
+list(APPEND SFT_TEST_SOURCES tests/test_sdpa_cpu.cpp)  # `attention: sdpa` on CPU: LibTorch's flash kernel per document
 list(APPEND SFT_TEST_SOURCES tests/test_fused_ops.cpp)  # fused RMSNorm / SwiGLU / RoPE / linear CE
 list(APPEND SFT_TEST_SOURCES tests/test_fused_projections.cpp)  # q/k/v and gate/up (and LoRA A) as one GEMM
 list(APPEND SFT_TEST_SOURCES tests/test_qlora_nf4.cpp tests/test_qlora.cpp tests/test_qlora_load.cpp)  # QLoRA: NF4 kernels, transform, training, merge, loading

@@ -164,12 +164,7 @@ struct TwinErrors {
 
 TwinErrors run_twin_case(const TwinCase& c, at::ScalarType dtype) {
   const Packed p = pack(c.lens);
-  const int hq = c.hkv * c.group;
-  auto opts = at::TensorOptions().dtype(dtype);
-  at::Tensor q = at::randn({p.total, hq, c.d}, opts).requires_grad_(true);
-  at::Tensor k = at::randn({p.total, c.hkv, c.d}, opts).requires_grad_(true);
-  at::Tensor v = at::randn({p.total, c.hkv, c.d}, opts).requires_grad_(true);
-  at::Tensor dout = at::randn({p.total, hq, c.d}, opts);
+  const auto [q, k, v, dout] = test::random_attention_inputs(p.total, c.hkv * c.group, c.hkv, c.d, dtype);
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
   at::Tensor out = fused_varlen_attention(q, k, v, p.cu_host, p.cu_host, p.max_len, scale, c.causal, c.deterministic);
   auto g = torch::autograd::grad({out}, {q, k, v}, {dout});

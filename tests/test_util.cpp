@@ -99,4 +99,10 @@ Packed pack(const std::vector<int32_t>& lens) {
   return p;
 }
 
+AttentionInputs random_attention_inputs(int64_t total, int64_t hq, int64_t hkv, int64_t d, at::ScalarType dtype) {
+  const auto opts = at::TensorOptions().dtype(dtype);
+  return {at::randn({total, hq, d}, opts).requires_grad_(true), at::randn({total, hkv, d}, opts).requires_grad_(true),
+          at::randn({total, hkv, d}, opts).requires_grad_(true), at::randn({total, hq, d}, opts)};
+}
+
 }  // namespace sft::test

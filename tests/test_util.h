@@ -48,4 +48,11 @@ struct Packed {
 };
 Packed pack(const std::vector<int32_t>& lens);
 
+// Random attention inputs of `total` packed tokens: q [T, Hq, D], k and v [T, Hkv, D] requiring grad, and
+// an output gradient dout [T, Hq, D].
+struct AttentionInputs {
+  at::Tensor q, k, v, dout;
+};
+AttentionInputs random_attention_inputs(int64_t total, int64_t hq, int64_t hkv, int64_t d, at::ScalarType dtype);
+
 }  // namespace sft::test
