@@ -4,7 +4,8 @@
 # event: works where hardware counters do not, e.g. in VMs where `perf stat -e instructions` says
 # <not supported>) and sorts each sample's own function (self time) into matmul, elementwise,
 # attention, optimizer, data, OpenMP waiting, page faults, allocator and other. Setup (model load, data)
-# is sampled too; it shrinks with more --steps.
+# is sampled too; it shrinks with more --steps. A second table splits the categories by thread (main
+# thread vs OpenMP worker): the worker's OpenMP-waiting share is the time the main thread ran alone.
 # Usage: scripts/profile_train.sh [--case lora-packed-fp32] [--steps 6] [--sft PATH] [--top 25]
 #        [extra --sft-env KEY=VALUE ... passed to bench_train.py]
 set -euo pipefail
@@ -50,6 +51,31 @@ RULES = [
     ("elementwise and reductions (ATen CPU kernels)", r"sft::kernels::cpu|Vectorized|VectorizedLoop|cpu_kernel|_kernel|reduce|vec::|at::native"),
     ("autograd, dispatcher, other", r"."),
 ]
+if case == "--threads":
+    # perf report --sort pid,dso,sym: the same categories per thread, for the two busiest threads (the
+    # main thread, whose tid is the pid, and the OpenMP worker). Samples are of the whole process, so a
+    # worker spinning while the main thread runs alone shows up as the worker's OpenMP-waiting share.
+    per = {}
+    for line in sys.stdin:
+        m = re.match(r"\s+([0-9.]+)%\s+(\d+):\S+\s+(\S+)\s+\[.\]\s+(.*)", line)
+        if not m:
+            continue
+        pct, tid, dso, sym = float(m.group(1)), int(m.group(2)), m.group(3), m.group(4).strip()
+        category = next(c for c, rx in RULES if re.search(rx, f"{dso} {sym}"))
+        per.setdefault(tid, {}).setdefault(category, 0.0)
+        per[tid][category] += pct
+    busiest = sorted(sorted(per, key=lambda t: -sum(per[t].values()))[:2])
+    if len(busiest) < 2:
+        sys.exit(0)
+    main, worker = busiest
+    print("\nBy thread (share of all samples; the main thread runs the autograd engine and every serial part):\n")
+    print("| where | main thread | OpenMP worker |")
+    print("|---|---|---|")
+    cats = sorted(set(per[main]) | set(per[worker]), key=lambda c: -(per[main].get(c, 0) + per[worker].get(c, 0)))
+    for c in cats:
+        print(f"| {c} | {per[main].get(c, 0):.1f}% | {per[worker].get(c, 0):.1f}% |")
+    print(f"| all | {sum(per[main].values()):.1f}% | {sum(per[worker].values()):.1f}% |")
+    sys.exit(0)
 shares, symbols = {}, []
 for line in sys.stdin:
     m = re.match(r"\s+([0-9.]+)%\s+(\S+)\s+\[.\]\s+(.*)", line)
@@ -77,3 +103,5 @@ EOF
 )
 perf report -i "$work/perf.data" --stdio --no-children --sort dso,sym -g none 2>/dev/null \
   | .venv/bin/python -c "$categorize" "$top" "$case_name" "$steps"
+perf report -i "$work/perf.data" --stdio --no-children --sort pid,dso,sym -g none 2>/dev/null \
+  | .venv/bin/python -c "$categorize" "$top" --threads "$steps"
