@@ -7,7 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -247,7 +249,17 @@ TEST(LaunchPort, MasterPortInUseExits2NamingThePort) {
 TEST(LaunchReference, TorchrunSetsTheSameEnvironment) {
   const fs::path torchrun = test::source_dir() / ".venv" / "bin" / "torchrun";
   ASSERT_TRUE(fs::exists(torchrun)) << "no " << torchrun << " (scripts/setup.sh installs torch)";
-  test::TempDir ours, theirs;
+  test::TempDir ours, theirs, tmpdir;
+  // torchrun's agent makes a torchelastic_* directory with tempfile and never removes it: both launchers
+  // run with TMPDIR in this test's own temporary directory (the same value, so the environments still match).
+  struct ScopedTmpdir {
+    std::optional<std::string> saved;
+    explicit ScopedTmpdir(const fs::path& dir) {
+      if (const char* old = std::getenv("TMPDIR")) saved = old;
+      setenv("TMPDIR", dir.c_str(), 1);
+    }
+    ~ScopedTmpdir() { saved ? setenv("TMPDIR", saved->c_str(), 1) : unsetenv("TMPDIR"); }
+  } scoped_tmpdir(tmpdir.path());
   const std::string port = std::to_string(free_port());
   const std::vector<std::string> common = {"--nnodes", "1", "--node_rank", "0", "--master_addr", "127.0.0.1",
                                            "--master_port", port};

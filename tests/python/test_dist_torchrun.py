@@ -130,7 +130,11 @@ def torchrun_args(nproc, port, extra=()):
 
 def start_torchrun(procs, sft_binary, config, *args, nproc=2, extra=()):
     log = Path(str(config) + f".torchrun{len(procs)}.log")
-    p = Proc([*torchrun_args(nproc, free_port(), extra), sft_binary, "train", config, *args], log)
+    # torchrun's agent makes a torchelastic_* log directory with tempfile and never removes it: TMPDIR puts
+    # it in this test's own temporary directory, not in /tmp.
+    env = base_env()
+    env["TMPDIR"] = str(Path(config).parent)
+    p = Proc([*torchrun_args(nproc, free_port(), extra), sft_binary, "train", config, *args], log, env=env)
     procs.append(p)
     return p
 
