@@ -123,10 +123,11 @@ class SdpaCpuFunction : public torch::autograd::Function<SdpaCpuFunction> {
     at::Tensor dq = at::empty(q.sizes(), q.options());  // [T, Hq, D]: every row belongs to one document
     at::Tensor dk = at::empty(k.sizes(), k.options());  // [T, Hkv, D]
     at::Tensor dv = at::empty(v.sizes(), v.options());
+    const bool exact = uses_exact_math(q);
     const int64_t hkv = k.size(1);
     for (size_t i = 0; i < spans.size(); ++i) {
       const Span& s = spans[i];
-      if (uses_exact_math(q)) {
+      if (exact) {
         const at::Tensor qg = grouped_rows(q, s, hkv), kh = kv_heads(k, s), vh = kv_heads(v, s);
         const at::Tensor dog = grouped_rows(dout, s, hkv);                             // [Hkv, G * L, D]
         const at::Tensor& probs = saved[4 + i];                                         // [Hkv, G * L, L]
