@@ -11,6 +11,9 @@ Runs (10 optimizer steps each, cosine schedule with 2 warmup steps, clip 1.0, we
   lora           PEFT LoRA r=4 alpha=8 on q,k,v,o,gate,up,down, dropout 0 (init saved as adapter_init/)
   rslora         the same with use_rslora=True: scale alpha/sqrt(r) (init saved as adapter_init_rslora/)
   full           every parameter trains
+  full_in_backward  full, but the whole step as one micro-batch of 16, no clipping, and torch's
+                 optimizer-in-backward recipe (register_post_accumulate_grad_hook, one AdamW and LambdaLR per
+                 parameter, step and set_to_none zero_grad in the hook): train.optimizer_in_backward's reference
   freeze         LLaMA-Factory freeze: trainable_layers 1, modules all, extra_modules [norm]
   freeze_narrow  LLaMA-Factory freeze: trainable_layers -1, modules [mlp], extra [embed_tokens, lm_head]
 Adapter methods (issue 14; new files only, the runs above are unchanged):
@@ -117,6 +120,38 @@ def train(model, params, examples, optimizer=None):
     return losses, lrs, norms
 
 
+def train_in_backward(model, params, examples):
+    """PyTorch's "fuse the optimizer step into backward" recipe: each parameter's AdamW steps in its
+    post-accumulate-grad hook and frees the gradient. One backward per step (no accumulation), no clipping;
+    the grad norm (for the log only) is clip_grad_norm_'s formula over the norms the hooks saw."""
+    optimizers, schedulers, norms_seen = {}, [], {}
+    for n, p in params:
+        opt = torch.optim.AdamW([{"params": [p], "weight_decay": WEIGHT_DECAY if decays(n, p) else 0.0}], lr=LR,
+                                betas=BETAS, eps=EPS, foreach=False)
+        optimizers[p] = opt
+        schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda))
+
+        def hook(param, name=n):
+            norms_seen[name] = torch.linalg.vector_norm(param.grad, 2)
+            optimizers[param].step()
+            optimizers[param].zero_grad(set_to_none=True)
+        p.register_post_accumulate_grad_hook(hook)
+    losses, lrs, norms = [], [], []
+    model.train()
+    for _ in range(STEPS):
+        total_targets = count_targets(examples)
+        norms_seen.clear()
+        lrs.append(next(iter(optimizers.values())).param_groups[0]["lr"])
+        loss_sum, _ = step_loss(model, examples)
+        (loss_sum / total_targets).backward()
+        assert all(p.grad is None for _, p in params), "a gradient outlived its hook"
+        norms.append(torch.linalg.vector_norm(torch.stack([norms_seen[n] for n, _ in params if n in norms_seen]), 2).item())
+        for scheduler in schedulers:
+            scheduler.step()
+        losses.append(loss_sum.item() / total_targets)
+    return losses, lrs, norms
+
+
 def count_targets(examples):
     return sum(1 for ex in examples for t in ex["labels"][1:] if t != -100)
 
@@ -220,6 +255,10 @@ def build(out: Path, models_dir: Path):
     model = load_base(base_dir)
     params = [(n, p) for n, p in model.named_parameters()]
     save_run(out, "full", train(model, params, examples), dict(params))
+    torch.manual_seed(9)
+    model = load_base(base_dir)
+    params = [(n, p) for n, p in model.named_parameters()]
+    save_run(out, "full_in_backward", train_in_backward(model, params, examples), dict(params))
 
     # ---- freeze, with LLaMA-Factory's requires_grad rules ----
     for name, settings in FREEZE_RUNS.items():

@@ -59,6 +59,17 @@ TEST(Config, EveryProblemIsListedAtOnce) {
   EXPECT_NE(message.find("9 problems"), std::string::npos) << message;
 }
 
+TEST(Config, OptimizerInBackwardNeedsOneMicroBatchAndNoClipping) {
+  // The defaults (max_grad_norm 1.0) plus grad_accum 4: both conflicts named at once.
+  const std::string message =
+      error_of("model: {path: m}\ndata: {train: t}\ntrain: {optimizer_in_backward: true, grad_accum: 4}\n");
+  EXPECT_NE(message.find("train.optimizer_in_backward needs train.grad_accum 1 (each backward is a whole optimizer step), got 4"),
+            std::string::npos) << message;
+  EXPECT_NE(message.find("train.optimizer_in_backward needs train.max_grad_norm 0"), std::string::npos) << message;
+  EXPECT_NE(message.find("2 problems"), std::string::npos) << message;
+  EXPECT_EQ(error_of("model: {path: m}\ndata: {train: t}\ntrain: {optimizer_in_backward: true, max_grad_norm: 0}\n"), "");
+}
+
 TEST(Config, WrongTypesAreNamed) {
   EXPECT_NE(error_of("model: {path: m, gradient_checkpointing: maybe}\ndata: {train: t}\n")
                 .find("model.gradient_checkpointing must be true or false"),

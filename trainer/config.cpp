@@ -73,6 +73,7 @@ void visit_fields(Config& c, V& v) {
   v("train.adam_betas", c.train.adam_betas, "AdamW betas [beta1, beta2]");
   v("train.adam_eps", c.train.adam_eps, "AdamW epsilon");
   v("train.max_grad_norm", c.train.max_grad_norm, "clip gradients to this global L2 norm (<= 0: no clipping)");
+  v("train.optimizer_in_backward", c.train.optimizer_in_backward, "update each parameter during the backward as soon as its gradient is complete, then free the gradient (torchtune's optimizer_in_bwd): one weights-sized buffer less in full fine-tuning; needs train.grad_accum 1 and train.max_grad_norm 0, and one process");
   v("train.device", c.train.device, "training device (auto: cuda when available)");
   v("train.mixed_precision", c.train.mixed_precision, "bf16 = bf16 autocast with fp32 master weights for trained parameters (auto: bf16 on CUDA unless model.dtype is float32/float16, none on CPU)");
   v("train.threads", c.train.threads, "CPU threads; 0 = all cores");
@@ -341,6 +342,12 @@ void validate(const Config& c, std::vector<std::string>& problems, const std::st
   check(t.adam_betas.size() == 2, "train.adam_betas must hold two numbers");
   for (double beta : t.adam_betas) check(beta >= 0 && beta < 1, "train.adam_betas must be in [0, 1)");
   check(t.adam_eps > 0, "train.adam_eps must be > 0");
+  check(!t.optimizer_in_backward || t.grad_accum == 1,
+        "train.optimizer_in_backward needs train.grad_accum 1 (each backward is a whole optimizer step), got " +
+            std::to_string(t.grad_accum));
+  check(!t.optimizer_in_backward || t.max_grad_norm <= 0,
+        "train.optimizer_in_backward needs train.max_grad_norm 0: clipping by the global norm needs every "
+        "gradient before the first update");
   check(t.threads >= 0, "train.threads must be >= 0");
   check(c.eval.every_steps >= 0, "eval.every_steps must be >= 0");
   check(c.eval.batch_size >= 1, "eval.batch_size must be >= 1");

@@ -81,6 +81,9 @@ struct TrainOptions {
   std::vector<double> adam_betas{0.9, 0.999};
   double adam_eps = 1.0e-8;
   double max_grad_norm = 1.0;        // <= 0 disables clipping
+  // AdamW updates each parameter inside the backward as its gradient completes, then frees the gradient
+  // (trainer/step_in_backward.h): less peak memory in full fine-tuning. Needs grad_accum 1, no clipping.
+  bool optimizer_in_backward = false;
   DeviceChoice device = DeviceChoice::kAuto;
   MixedPrecision mixed_precision = MixedPrecision::kAuto;
   int64_t threads = 0;

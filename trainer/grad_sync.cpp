@@ -1,23 +1,11 @@
 // trainer/grad_sync.cpp: gradient buckets, their post-accumulate-grad hooks and the wait.
 #include "trainer/grad_sync.h"
 
-#include <torch/csrc/autograd/function_hook.h>
-#include <torch/csrc/autograd/variable.h>
-
 #include <chrono>
 
+#include "trainer/grad_ready_hook.h"
+
 namespace sft {
-namespace {
-
-// Runs after AccumulateGrad has written the parameter's .grad for this backward.
-struct BucketHook : torch::autograd::PostAccumulateGradHook {
-  BucketHook(GradientBuckets* owner, int64_t index) : owner_(owner), index_(index) {}
-  void operator()(const torch::autograd::Variable& /*param*/) override { owner_->on_grad_ready(index_); }
-  GradientBuckets* owner_;
-  int64_t index_;
-};
-
-}  // namespace
 
 GradientBuckets::GradientBuckets(const std::vector<NamedParameter>& params, Collectives& group, double bucket_mb,
                                  bool overlap)
@@ -51,14 +39,13 @@ GradientBuckets::GradientBuckets(const std::vector<NamedParameter>& params, Coll
     bucket.flat = at::zeros({numel}, bucket.flat.options());
   }
   for (size_t i = 0; i < params_.size(); ++i) {
-    torch::autograd::impl::set_post_acc_grad_hooks(params_[i].tensor,
-                                                   std::make_unique<BucketHook>(this, static_cast<int64_t>(i)));
+    set_grad_ready_hook(params_[i].tensor, this, static_cast<int64_t>(i));
   }
 }
 
 GradientBuckets::~GradientBuckets() {
   if (!group_.distributed()) return;
-  for (const NamedParameter& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p.tensor, nullptr);
+  for (const NamedParameter& p : params_) remove_grad_ready_hook(p.tensor);
 }
 
 void GradientBuckets::arm() { armed_ = group_.distributed() && overlap_; }

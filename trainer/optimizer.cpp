@@ -36,13 +36,32 @@ bool fusable(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& 
 
 }  // namespace
 
-void AdamW::step(double lr) {
-  at::NoGradGuard no_grad;
+void AdamW::begin_step(double lr) {
   ++step_;
+  lr_ = lr;
+  // One shared step tensor (read only by the kernel), so CUDA needs no host sync.
+  if (params_.empty()) return;
+  step_count_ = at::full({}, static_cast<double>(step_), params_[0].tensor.options().dtype(at::kFloat));
+}
+
+// The single-tensor update (torch.optim.AdamW with foreach=False), for what the fused kernel does not take.
+void AdamW::update_unfused(size_t i, const at::Tensor& grad) {
+  at::Tensor& param = params_[i].tensor;
   const double beta1 = options_.beta1, beta2 = options_.beta2;
   const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step_));
-  const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step_));
-  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step_)));
+  const double param_lr = lr_ * params_[i].lr_scale;
+  const double step_size = param_lr / bias_correction1;
+  if (params_[i].decay && options_.weight_decay != 0.0) param.mul_(1.0 - param_lr * options_.weight_decay);
+  exp_avg_[i].lerp_(grad, 1.0 - beta1);
+  exp_avg_sq_[i].mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
+  at::Tensor denom = (exp_avg_sq_[i].sqrt() / bias_correction2_sqrt).add_(options_.eps);
+  param.addcdiv_(exp_avg_[i], denom, -step_size);
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  begin_step(lr);
   // Fused groups: parameters sharing (lr_scale, decay), in first-seen order, one _fused_adamw_ call each.
   struct FusedGroup {
     double lr_scale;
@@ -54,37 +73,42 @@ void AdamW::step(double lr) {
     at::Tensor& param = params_[i].tensor;
     const at::Tensor& grad = param.grad();
     if (!grad.defined()) continue;
-    const double param_lr = lr * params_[i].lr_scale;
     const bool decays = params_[i].decay && options_.weight_decay != 0.0;
-    if (fusable(param, grad, exp_avg_[i], exp_avg_sq_[i], params_[0].tensor)) {
-      auto group = std::find_if(groups.begin(), groups.end(), [&](const FusedGroup& g) {
-        return g.lr_scale == params_[i].lr_scale && g.decay == decays;
-      });
-      if (group == groups.end()) group = groups.insert(groups.end(), FusedGroup{params_[i].lr_scale, decays, {}, {}, {}, {}});
-      group->params.push_back(param);
-      group->grads.push_back(grad);
-      group->exp_avgs.push_back(exp_avg_[i]);
-      group->exp_avg_sqs.push_back(exp_avg_sq_[i]);
+    if (!fusable(param, grad, exp_avg_[i], exp_avg_sq_[i], params_[0].tensor)) {
+      update_unfused(i, grad);
       continue;
     }
-    // The single-tensor update (torch.optim.AdamW with foreach=False), for what the fused kernel does not take.
-    const double step_size = param_lr / bias_correction1;
-    if (decays) param.mul_(1.0 - param_lr * options_.weight_decay);
-    exp_avg_[i].lerp_(grad, 1.0 - beta1);
-    exp_avg_sq_[i].mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
-    at::Tensor denom = (exp_avg_sq_[i].sqrt() / bias_correction2_sqrt).add_(options_.eps);
-    param.addcdiv_(exp_avg_[i], denom, -step_size);
+    auto group = std::find_if(groups.begin(), groups.end(), [&](const FusedGroup& g) {
+      return g.lr_scale == params_[i].lr_scale && g.decay == decays;
+    });
+    if (group == groups.end()) group = groups.insert(groups.end(), FusedGroup{params_[i].lr_scale, decays, {}, {}, {}, {}});
+    group->params.push_back(param);
+    group->grads.push_back(grad);
+    group->exp_avgs.push_back(exp_avg_[i]);
+    group->exp_avg_sqs.push_back(exp_avg_sq_[i]);
   }
-  if (groups.empty()) return;
-  // The kernel reads the step count from a tensor per parameter (read only); one shared fp32 scalar on
-  // the parameters' device, so CUDA needs no host sync.
-  const at::Tensor step_count = at::full({}, static_cast<double>(step_), params_[0].tensor.options().dtype(at::kFloat));
   for (const FusedGroup& g : groups) {
-    const std::vector<at::Tensor> steps(g.params.size(), step_count);
-    at::_fused_adamw_(g.params, g.grads, g.exp_avgs, g.exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr * g.lr_scale, beta1,
-                      beta2, g.decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
-                      /*maximize=*/false);
+    const std::vector<at::Tensor> steps(g.params.size(), step_count_);
+    at::_fused_adamw_(g.params, g.grads, g.exp_avgs, g.exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr_ * g.lr_scale,
+                      options_.beta1, options_.beta2, g.decay ? options_.weight_decay : 0.0, options_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
   }
+}
+
+void AdamW::step_parameter(size_t i) {
+  at::NoGradGuard no_grad;
+  at::Tensor& param = params_[i].tensor;
+  const at::Tensor grad = param.grad();
+  if (!grad.defined()) return;
+  if (!fusable(param, grad, exp_avg_[i], exp_avg_sq_[i], params_[0].tensor)) {
+    update_unfused(i, grad);
+    return;
+  }
+  // The fused kernel on a list of one: per element the same arithmetic as in step()'s grouped call.
+  const bool decays = params_[i].decay && options_.weight_decay != 0.0;
+  at::_fused_adamw_({param}, {grad}, {exp_avg_[i]}, {exp_avg_sq_[i]}, /*max_exp_avg_sqs=*/{}, {step_count_},
+                    lr_ * params_[i].lr_scale, options_.beta1, options_.beta2, decays ? options_.weight_decay : 0.0,
+                    options_.eps, /*amsgrad=*/false, /*maximize=*/false);
 }
 
 void AdamW::zero_grad() {

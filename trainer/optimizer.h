@@ -30,6 +30,11 @@ class AdamW {
 
   // One update with learning rate `lr` * lr_scale from each parameter's .grad().
   void step(double lr);
+  // The same update one parameter at a time (train.optimizer_in_backward, trainer/step_in_backward.h):
+  // begin_step(lr) counts the step, then step_parameter(i) updates parameter i from its .grad() (nothing
+  // if it has none). Every element gets exactly the arithmetic step() gives it.
+  void begin_step(double lr);
+  void step_parameter(size_t index);
   void zero_grad();  // sets grads to undefined (memory is released, as set_to_none=True)
   int64_t steps_taken() const { return step_; }
   const std::vector<NamedParameter>& parameters() const { return params_; }
@@ -44,6 +49,9 @@ class AdamW {
   std::vector<at::Tensor> exp_avg_, exp_avg_sq_;  // fp32-or-param-dtype moments, like torch
   AdamWOptions options_;
   int64_t step_ = 0;
+  double lr_ = 0;           // the current step's lr (begin_step)
+  at::Tensor step_count_;   // fp32 scalar on the parameters' device: _fused_adamw_ reads the step from it
+  void update_unfused(size_t index, const at::Tensor& grad);
 };
 
 // Scales gradients so their global L2 norm is at most max_norm (if max_norm > 0). Returns the norm

@@ -5,6 +5,7 @@ set(SFT_TRAINER_SOURCES
   trainer/commands.cpp
   trainer/setup.cpp
   trainer/optimizer.cpp
+  trainer/step_in_backward.cpp
   trainer/evaluate.cpp
   trainer/metrics.cpp
   trainer/export.cpp

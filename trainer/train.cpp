@@ -1,7 +1,8 @@
 // trainer/train.cpp: `sft train`, single- or multi-process (torchrun / sft launch). Setup lives in named
 // helpers; train_step() is the whole optimizer step (this rank's share of the step's global micro-batches
 // -> masked loss -> backward, whose hooks start the gradient allreduce -> one visible wait -> clip ->
-// one small allreduce of loss and stop flag, the step's only host sync -> AdamW). Checkpoints (every
+// one small allreduce of loss and stop flag, the step's only host sync -> AdamW, or AdamW per parameter
+// inside the backward with train.optimizer_in_backward). Checkpoints (every
 // checkpoint.every_steps, at the end, and on SIGTERM/SIGINT) and resume are named helpers around the loop:
 // save_checkpoint() / resume_from_checkpoint(); the step itself knows nothing about them.
 //
@@ -38,6 +39,7 @@
 #include "trainer/grad_sync.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/step_in_backward.h"
 #include "trainer/process_defaults.h"
 #include "trainer/process_group.h"
 #include "trainer/rank_checks.h"
@@ -77,8 +79,11 @@ struct TrainContext {
   double window_loss = 0;
   int64_t window_steps = 0, window_tokens = 0, window_targets = 0;
   double window_comm_s = 0;       // rank 0's time blocked on the gradient allreduce (not checkpointed)
-  // Hook-driven bucket allreduce (inert in a world of one). Last: it unhooks `params` when destroyed.
+  // Hook-driven bucket allreduce (inert in a world of one). Near the end: it unhooks `params` when destroyed.
   std::unique_ptr<GradientBuckets> grad_sync;
+  // train.optimizer_in_backward: AdamW runs in post-accumulate-grad hooks (null when off). Last, so it
+  // unhooks before the optimizer it points at is destroyed.
+  std::unique_ptr<StepInBackward> step_in_backward;
 };
 
 struct StepStats {
@@ -157,7 +162,11 @@ StepStats train_step(TrainContext& ctx, const StopSignals& signals, bool stop_ho
   //    the host), not a mean of per-micro-batch means: uneven micro-batches weigh by their targets. The
   //    backward of this rank's last micro-batch with targets is armed: its post-accumulate-grad hooks
   //    start the bucket allreduces while the rest of the backward runs (earlier ones only accumulate).
+  //    With train.optimizer_in_backward (one micro-batch, one rank) that backward is also the update:
+  //    AdamW at this step's lr runs per parameter in its hook (trainer/step_in_backward.h).
   const double step_targets = static_cast<double>(stats.target_tokens);
+  stats.lr = lr_at(ctx.step, ctx.schedule);
+  if (ctx.step_in_backward && stats.target_tokens > 0) ctx.step_in_backward->arm(stats.lr);
   int64_t last_with_targets = -1;
   for (size_t k = 0; k < micro_batches.size(); ++k) {
     if (micro_batches[k].num_targets > 0) last_with_targets = static_cast<int64_t>(k);
@@ -180,7 +189,8 @@ StepStats train_step(TrainContext& ctx, const StopSignals& signals, bool stop_ho
   // 4. Clip by global norm, then agree on the step's loss and on stopping (a SIGTERM/SIGINT seen by any
   //    rank during this step, or the --stop-after-steps hook): one allreduce of [loss_sum, stop], the
   //    step's only host sync (with the grad norm read).
-  at::Tensor grad_norm = clip_grad_norm(ctx.params, ctx.config.train.max_grad_norm);
+  at::Tensor grad_norm = ctx.step_in_backward ? ctx.step_in_backward->finish()
+                                              : clip_grad_norm(ctx.params, ctx.config.train.max_grad_norm);
   const bool stop_here = signals.requested() || stop_hook;
   at::Tensor agreed = at::stack({loss_sum.to(at::kDouble), at::scalar_tensor(stop_here ? 1.0 : 0.0,
                                                                                loss_sum.options().dtype(at::kDouble))});
@@ -194,14 +204,15 @@ StepStats train_step(TrainContext& ctx, const StopSignals& signals, bool stop_ho
     throw NonFiniteError("non-finite " + std::string(std::isfinite(stats.loss) ? "gradient norm" : "loss") +
                          " at step " + std::to_string(ctx.step + 1) + " (loss " + std::to_string(stats.loss) +
                          ", grad_norm " + std::to_string(stats.grad_norm) +
-                         "): stopped before the optimizer step; earlier checkpoints are intact");
+                         (ctx.step_in_backward ? "): stopped; this step's update already ran in the backward "
+                                                 "(train.optimizer_in_backward), earlier checkpoints are intact"
+                                               : "): stopped before the optimizer step; earlier checkpoints are intact"));
   }
 
   // 5. AdamW with this step's scheduled learning rate. A step without a single target has no gradient:
   //    weights, moments and AdamW's step count stay as they are (no weight decay either, as
   //    torch.optim.AdamW skips parameters whose grad is None); the schedule still advances.
-  stats.lr = lr_at(ctx.step, ctx.schedule);
-  if (stats.target_tokens > 0) ctx.optimizer->step(stats.lr);
+  if (!ctx.step_in_backward && stats.target_tokens > 0) ctx.optimizer->step(stats.lr);
   ctx.optimizer->zero_grad();
   ++ctx.step;
   return stats;
@@ -406,6 +417,12 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
   ctx.group = Collectives::connect(env, backend, timeout, ctx.config.dist.force_process_group);
   Collectives& group = *ctx.group;
   const bool main = group.is_main();
+  if (ctx.config.train.optimizer_in_backward && group.distributed()) {  // every rank throws the same: no hang
+    throw InputError("train.optimizer_in_backward: not supported with a process group (world size " +
+                     std::to_string(group.world_size()) +
+                     (ctx.config.dist.force_process_group ? ", dist.force_process_group" : "") +
+                     "): each gradient's allreduce would have to finish inside the backward; turn one of them off");
+  }
 
   // Rank 0 owns output_dir: it holds the run lock and decides fresh start vs resume; every rank follows.
   std::optional<OutputDirLock> lock;
@@ -460,6 +477,7 @@ int train_on_this_rank(const CommandLine& cli, const DistEnv& env) {
     }
   }
   ctx.grad_sync = set_up_grad_sync(ctx.params, group, ctx.config.dist.bucket_mb, !cli.has("--grad-sync-after-backward"));
+  ctx.step_in_backward = set_up_step_in_backward(*ctx.optimizer, ctx.config.train.optimizer_in_backward);
 
   if (main) {
     std::cerr << "sft train: " << ctx.config.model.path << " (" << model_config.model_type << "), method "
