@@ -22,7 +22,7 @@ enum class AttentionImpl { Auto, Fused, Sdpa, Eager, FusedDeterministic, TorchFl
 constexpr bool deterministic_backward(AttentionImpl impl) { return impl == AttentionImpl::FusedDeterministic; }
 
 // One of the fused ops `model.fused_ops` lists.
-enum class FusedOp { RmsNorm, Rope, SwiGlu, LinearCe, Dropout, Projections };
+enum class FusedOp { RmsNorm, Rope, SwiGlu, LinearCe, Dropout, Projections, Lora };
 
 // `model.fused_ops` as written: [auto] (the ops measured faster on the run's device), [none], or a list.
 struct FusedOpsChoice {
@@ -57,13 +57,14 @@ struct EnumNames<kernels::AttentionImpl> {
 
 template <>
 struct EnumNames<kernels::FusedOp> {
-  static constexpr std::array<std::pair<kernels::FusedOp, const char*>, 6> entries{{
+  static constexpr std::array<std::pair<kernels::FusedOp, const char*>, 7> entries{{
       {kernels::FusedOp::RmsNorm, "rmsnorm"},
       {kernels::FusedOp::Rope, "rope"},
       {kernels::FusedOp::SwiGlu, "swiglu"},
       {kernels::FusedOp::LinearCe, "linear_ce"},
       {kernels::FusedOp::Dropout, "dropout"},  // LoRA's dropout + lora_A (kernels/dropout_linear.h)
       {kernels::FusedOp::Projections, "projections"},
+      {kernels::FusedOp::Lora, "lora"},  // LoRA projections of one input as one node (kernels/lora_group.cpp)
   }};
 };
 

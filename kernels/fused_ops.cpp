@@ -428,13 +428,15 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
   FusedOps ops;
   switch (choice.mode) {
     case FusedOpsChoice::Mode::Auto:
-      // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm, RoPE and LoRA's
-      // dropout on the CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits:
+      // The ops measured faster than the composite code (scripts/bench_ops.sh): RMSNorm, RoPE, LoRA's
+      // dropout and the LoRA group on the CPU. SwiGLU and linear CE are slower on the CPU (linear CE saves the [N, V] logits:
       // opt in). On CUDA none yet: the CUDA kernels have not run on a GPU (the GPU proof,
       // scripts/gpu_run.sh, runs them).
       // projections (one GEMM for q/k/v, one for gate/up): opt-in on the CPU too; one SmolLM2 layer timed
       // faster or equal with it, but on a machine at load 12 the spread hid the gain (README "Fused projections").
-      if (device == at::kCPU) ops.rmsnorm = ops.rope = ops.dropout = true;
+      // lora (the adapted projections of one input as one node): faster or equal in 4 of 4 idle pairs and
+      // 3-9% less peak RSS on SmolLM2 LoRA fp32 (README "LoRA projections as one node").
+      if (device == at::kCPU) ops.rmsnorm = ops.rope = ops.dropout = ops.lora = true;
       return ops;
     case FusedOpsChoice::Mode::None: return ops;
     case FusedOpsChoice::Mode::List: break;
@@ -447,6 +449,7 @@ FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device) 
       case FusedOp::LinearCe: ops.linear_ce = true; break;
       case FusedOp::Dropout: ops.dropout = true; break;
       case FusedOp::Projections: ops.projections = true; break;
+      case FusedOp::Lora: ops.lora = true; break;
     }
   }
   return ops;
@@ -460,7 +463,7 @@ std::string to_string(const FusedOps& ops) {
   std::string s;
   for (auto [on, op] : {std::pair{ops.rmsnorm, FusedOp::RmsNorm}, {ops.rope, FusedOp::Rope}, {ops.swiglu, FusedOp::SwiGlu},
                         {ops.linear_ce, FusedOp::LinearCe}, {ops.dropout, FusedOp::Dropout},
-                        {ops.projections, FusedOp::Projections}}) {
+                        {ops.projections, FusedOp::Projections}, {ops.lora, FusedOp::Lora}}) {
     if (on) s += (s.empty() ? "" : ", ") + std::string(enum_name(op));
   }
   return s.empty() ? "none" : "[" + s + "]";
@@ -480,6 +483,7 @@ OpTable op_table(const FusedOps& ops) {
   table.linear_ce_sum = ops.linear_ce ? &fused_linear_ce_default : &composite_linear_cross_entropy_sum;
   table.linear_group = ops.projections ? &fused_linear_group : &composite_linear_group;
   table.group_projections = ops.projections;
+  table.group_lora = ops.lora;
   return table;
 }
 

@@ -37,6 +37,11 @@ at::Tensor fused_linear_cross_entropy_sum(const at::Tensor& hidden, const at::Te
 // OpTable::linear_group (kernels/ops.h): one GEMM over adjacent weights, or one at::linear per weight.
 std::vector<at::Tensor> fused_linear_group(const at::Tensor& x, at::TensorList weights, at::TensorList biases);
 std::vector<at::Tensor> composite_linear_group(const at::Tensor& x, at::TensorList weights, at::TensorList biases);
+// lora_group_linear's composite twin (kernels/ops.h): per projection at::linear, at::linear by A and the
+// B addmm, as LoraProjection's forward computes it; autograd does the rest.
+std::vector<at::Tensor> composite_lora_group_linear(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                                    at::TensorList lora_A, at::TensorList lora_B,
+                                                    const std::vector<double>& scales);
 
 // The composite ATen code each fused op replaces (model/llama.cpp's math before the fused ops).
 at::Tensor composite_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

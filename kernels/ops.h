@@ -66,7 +66,8 @@ namespace sft::kernels {
 struct FusedOps {
   bool rmsnorm = false, rope = false, swiglu = false, linear_ce = false, projections = false;
   bool dropout = false;  // LoRA: lora_A(dropout(x)) as kernels::dropout_linear (Philox mask, never stored)
-  static FusedOps all() { return {true, true, true, true, true, true}; }
+  bool lora = false;     // frozen projections of one input + their LoRA adapters as one node (lora_group_linear)
+  static FusedOps all() { return {true, true, true, true, true, true, true}; }
 };
 FusedOps resolve_fused_ops(const FusedOpsChoice& choice, at::DeviceType device);
 FusedOps parse_fused_ops(const std::vector<std::string>& names, at::DeviceType device = at::kCPU);  // parse + resolve
@@ -92,8 +93,21 @@ struct OpTable {
   std::vector<at::Tensor> (*linear_group)(const at::Tensor& x, at::TensorList weights, at::TensorList biases);
   // linear_group is the fused one: the model then groups its projections through it (model::project_group).
   bool group_projections = false;
+  // model.fused_ops lora: model::project_group runs LoRA-adapted frozen projections of one input through
+  // lora_group_linear (below) where lora_group_supported says it applies.
+  bool group_lora = false;
 };
 OpTable op_table(const FusedOps& ops);
+// Frozen projections of one input with LoRA adapters, y_i = x W_i^T + b_i + s_i (x A_i^T) B_i^T, as ONE
+// autograd node (kernels/lora_group.cpp): d x accumulates inside the GEMMs, B's product is added in place.
+//   x: [..., in]; weights[i]: [out_i, in] (frozen); biases: empty or one frozen [out_i] per weight;
+//   lora_A[i]: [r_i, in]; lora_B[i]: [out_i, r_i]; scales[i]: s_i. Returns y_i: [..., out_i].
+// lora_group_supported: every operand defined, one dtype and device (x's), shapes consistent, base weights
+// and biases without requires_grad, autocast off on x's device. lora_group_linear throws otherwise.
+bool lora_group_supported(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::TensorList lora_A,
+                          at::TensorList lora_B);
+std::vector<at::Tensor> lora_group_linear(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                          at::TensorList lora_A, at::TensorList lora_B, const std::vector<double>& scales);
 
 // Whether `parts` (each [rows_i, ...], same trailing sizes, dtype and device) are back-to-back contiguous
 // row blocks of one storage, in order: then the fused linear_group runs them as one GEMM.

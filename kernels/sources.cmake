@@ -12,6 +12,8 @@ list(APPEND SFT_KERNEL_SOURCES kernels/cached_attention.cpp)
 list(APPEND SFT_KERNEL_SOURCES kernels/fused_ops.cpp kernels/cpu/fused_ops_cpu.cpp)
 # Fused projections: q/k/v and gate/up as one GEMM over adjacent weights (kernels/fused_projection.cpp).
 list(APPEND SFT_KERNEL_SOURCES kernels/fused_projection.cpp)
+# LoRA-adapted frozen projections of one input as one autograd node (kernels/lora_group.cpp).
+list(APPEND SFT_KERNEL_SOURCES kernels/lora_group.cpp)
 # NF4 (QLoRA) dequantisation + x W^T: binding + CPU twin (kernels/nf4.h).
 list(APPEND SFT_KERNEL_SOURCES kernels/nf4.cpp kernels/cpu/nf4_cpu.cpp)
 # Dropout fused into the linear that consumes it (Philox mask, never stored): binding + CPU twin (kernels/dropout_linear.h).

@@ -51,8 +51,32 @@ at::Tensor ProjectionImpl::forward_from_lora_A(const at::Tensor&, const at::Tens
 // changed). A concatenated weight with split views at save time would instead touch every consumer of
 // named_parameters. With LoRA dropout active each adapter draws its own mask (PEFT does), so their inputs
 // differ and their A matrices stay separate GEMMs; the base GEMM is still shared.
+namespace {
+
+// The whole group as one kernels::lora_group_linear node, or nullopt where it does not apply.
+std::optional<std::vector<at::Tensor>> lora_group(const at::Tensor& x, const std::vector<ProjectionImpl*>& group) {
+  std::vector<at::Tensor> weights, biases, lora_A, lora_B;
+  std::vector<double> scales;
+  for (ProjectionImpl* p : group) {
+    const std::optional<ProjectionImpl::GroupableLora> lora = p->groupable_lora();
+    if (!lora || p->bias.defined() != group[0]->bias.defined()) return std::nullopt;
+    weights.push_back(p->weight);
+    if (p->bias.defined()) biases.push_back(p->bias);
+    lora_A.push_back(lora->lora_A);
+    lora_B.push_back(lora->lora_B);
+    scales.push_back(lora->scale);
+  }
+  if (!kernels::lora_group_supported(x, weights, biases, lora_A, lora_B)) return std::nullopt;
+  return kernels::lora_group_linear(x, weights, biases, lora_A, lora_B, scales);
+}
+
+}  // namespace
+
 std::vector<at::Tensor> project_group(const at::Tensor& x, const std::vector<ProjectionImpl*>& group,
                                       const kernels::OpTable& ops) {
+  if (ops.group_lora) {
+    if (std::optional<std::vector<at::Tensor>> outputs = lora_group(x, group)) return *outputs;
+  }
   std::vector<at::Tensor> outputs;
   bool fusable = ops.group_projections;
   std::vector<at::Tensor> weights, biases;
@@ -166,7 +190,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
   } else {
     attended = kernels::varlen_attention(q, k, v, seqs, scale, /*causal=*/true, impl);
   }
-  return o_proj->forward(attended.reshape({tokens, num_heads * head_dim}));
+  const at::Tensor flat = attended.reshape({tokens, num_heads * head_dim});
+  return ops_->group_lora ? project_group(flat, {o_proj.get()}, *ops_)[0] : o_proj->forward(flat);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -183,13 +208,14 @@ at::Tensor MLPImpl::forward(const at::Tensor& x) {
   // up before gate, in both paths: the order LoRA dropout draws its masks in (so the switch changes no
   // draw), and the order the expression swiglu(gate(x), up(x)) ran in before the fused projections (GCC
   // evaluates those arguments right to left), which keeps the unfused path bit for bit.
-  if (!ops_->group_projections) {
+  if (!ops_->group_projections && !ops_->group_lora) {
     const at::Tensor up = up_proj->forward(x);
     const at::Tensor gate = gate_proj->forward(x);
     return down_proj->forward(ops_->swiglu(gate, up));
   }
   const std::vector<at::Tensor> up_gate = project_group(x, {up_proj.get(), gate_proj.get()}, *ops_);
-  return down_proj->forward(ops_->swiglu(up_gate[1], up_gate[0]));
+  const at::Tensor hidden = ops_->swiglu(up_gate[1], up_gate[0]);
+  return ops_->group_lora ? project_group(hidden, {down_proj.get()}, *ops_)[0] : down_proj->forward(hidden);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <torch/nn/modules/embedding.h>
 
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -43,6 +44,13 @@ class ProjectionImpl : public torch::nn::Module {
   // LoRA whose A matrix may share one GEMM with its siblings' (no dropout active, no DoRA): lora_A.weight
   // [r, in]; otherwise undefined. Then forward_from_lora_A(base_result, x A^T) == forward(x).
   virtual at::Tensor groupable_lora_A() { return {}; }
+  // LoRA over a dense base whose whole projection may run in one kernels::lora_group_linear node (no
+  // dropout active, no DoRA, not QLoRA; model.fused_ops lora): its A [r, in], B [out, r] and scale.
+  struct GroupableLora {
+    at::Tensor lora_A, lora_B;
+    double scale = 1.0;
+  };
+  virtual std::optional<GroupableLora> groupable_lora() { return std::nullopt; }
   virtual at::Tensor forward_from_lora_A(const at::Tensor& base_result, const at::Tensor& a);
   int64_t in_features() const { return weight.size(1); }
   int64_t out_features() const { return weight.size(0); }
@@ -56,7 +64,10 @@ TORCH_MODULE(Projection);
 // Equal to {p->forward(x)} for each p; with ops.group_projections (model.fused_ops projections) the dense base
 // parts run as one GEMM (kernels/ops.h linear_group), and so do the A matrices of the groupable LoRA
 // adapters among them; their weights are first made adjacent row blocks of one storage if a transform
-// (loading, .to(), a dtype change) has separated them. Otherwise one forward per projection, as before.
+// (loading, .to(), a dtype change) has separated them. With ops.group_lora (model.fused_ops lora), when
+// every projection of the group is groupable LoRA (and kernels::lora_group_supported agrees), the whole
+// group is one lora_group_linear node instead; that takes precedence. Otherwise one forward per
+// projection, as before. A group of one is allowed (o_proj, down_proj).
 std::vector<at::Tensor> project_group(const at::Tensor& x, const std::vector<ProjectionImpl*>& group,
                                       const kernels::OpTable& ops);
 

@@ -54,6 +54,11 @@ at::Tensor LoraProjectionImpl::groupable_lora_A() {
   return (dropout > 0 && is_training()) || is_dora() ? at::Tensor() : lora_A->weight;
 }
 
+std::optional<ProjectionImpl::GroupableLora> LoraProjectionImpl::groupable_lora() {
+  if (!dense_base() || !groupable_lora_A().defined()) return std::nullopt;
+  return GroupableLora{lora_A->weight, lora_B->weight, scale};
+}
+
 namespace {
 
 // result + scale * (hidden B^T): one GEMM that accumulates into a copy of the base result (addmm's beta = 1,

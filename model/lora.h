@@ -34,6 +34,7 @@ class LoraProjectionImpl : public ProjectionImpl {
   bool dense_base() const override { return !is_quantized(); }
   at::Tensor forward_from_base(const at::Tensor& x, const at::Tensor& result) override;
   at::Tensor groupable_lora_A() override;
+  std::optional<GroupableLora> groupable_lora() override;  // when dense_base() and groupable_lora_A()
   at::Tensor forward_from_lora_A(const at::Tensor& base_result, const at::Tensor& a) override;
   // The frozen base: x W^T + b (QLoRA: through the NF4 weight), and W [out, in] in the base dtype.
   at::Tensor base_forward(const at::Tensor& x);

@@ -2,7 +2,7 @@
 // replaces, on the CPU, at SmolLM2-135M's shapes on a packed micro-batch of 4 x 512 tokens (hidden 576,
 // MLP 1536, 9 q / 3 kv heads of 64; LoRA's dropout + A on one 512-token row, rank 16): median ms of the forward and of forward+backward, and the GB/s
 // of the forward's and backward's compulsory memory traffic. Then the loss memory (peak RSS growth) of
-// the fused linear cross-entropy against plain logits at V = 49,152 and 128,256. The fused projections
+// the fused linear cross-entropy against plain logits at V = 49,152 and 128,256. The LoRA group and the fused projections
 // (q/k/v, gate/up as one GEMM) run at T = 512.
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -155,6 +155,35 @@ int ops_command(int argc, char** argv) {
                 }},
                reps);
     }
+  }
+  // LoRA r=8 over frozen q/k/v and gate/up at T = 512: the group as one node (kernels/lora_group.cpp)
+  // against the composite (x W^T, x A^T, the B addmm per projection; autograd adds the d x parts).
+  for (const std::vector<int64_t>& outs : {std::vector<int64_t>{hq * d, hkv * d, hkv * d}, std::vector<int64_t>{inner, inner}}) {
+    const int64_t rows = 512, r = 8;
+    std::vector<at::Tensor> weights, lora_A, lora_B;
+    std::vector<double> scales;
+    int64_t total = 0;
+    for (int64_t o : outs) {
+      weights.push_back(torch::randn({o, hidden}) * 0.02);
+      lora_A.push_back(leaf({r, hidden}));
+      lora_B.push_back(leaf({o, r}));
+      scales.push_back(2.0);
+      total += o;
+    }
+    at::Tensor x = leaf({rows, hidden});
+    const double w_bytes = static_cast<double>(total * hidden) * f;
+    const double io = static_cast<double>(rows) * (hidden + total) * f;
+    const std::string name = std::string("LoRA r=8 ") + (outs.size() == 3 ? "q/k/v" : "gate/up") + " [512, 576] -> " +
+                             std::to_string(total) + ", base frozen";
+    bench_op({name, w_bytes + io, w_bytes + 2 * io,
+              [&](bool fused) {
+                std::vector<at::Tensor> out =
+                    fused ? sft::kernels::lora_group_linear(x, weights, {}, lora_A, lora_B, scales)
+                          : sft::kernels::composite_lora_group_linear(x, weights, {}, lora_A, lora_B, scales);
+                for (at::Tensor& o : out) o = o.flatten();
+                return at::cat(out);  // the same copy on both sides
+              }},
+             reps);
   }
   {
     const int64_t n = 1024, vocab = 49152;

@@ -21,6 +21,7 @@ set(SFT_TEST_SOURCES
   tests/test_train_freeze.cpp
   tests/test_train_precision.cpp
   tests/test_train_in_backward.cpp
+  tests/test_lora_group.cpp
   tests/test_adapters.cpp
   tests/test_cli.cpp
 )

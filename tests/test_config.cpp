@@ -112,7 +112,7 @@ TEST(Config, BadChoiceNamesListEveryAllowedName) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"model.dtype=fp8", "model.dtype 'fp8' is not one of auto|float32|bfloat16|float16"},
       {"model.attention=flash", "model.attention 'flash' is not one of auto|fused|sdpa|eager"},
-      {"model.fused_ops=[rope, flash]", "model.fused_ops: unknown op 'flash' (auto, none, or a list of rmsnorm, rope, swiglu, linear_ce, dropout, projections)"},
+      {"model.fused_ops=[rope, flash]", "model.fused_ops: unknown op 'flash' (auto, none, or a list of rmsnorm, rope, swiglu, linear_ce, dropout, projections, lora)"},
       {"data.format=csv", "data.format 'csv' is not one of auto|alpaca|prompt_response|messages|sharegpt|tokenized"},
       {"data.template=vicuna", "data.template 'vicuna' is not one of auto|chatml|qwen3|llama2|llama3|mistral|alpaca|plain"},
       {"data.truncation=left", "data.truncation 'left' is not one of right|drop"},

@@ -317,7 +317,7 @@ TEST(FusedLinearCe, Llama3VocabularyMatchesCompositeWithChunkSizedTemporaries) {
 // ---- the model with and without the fused ops ----
 TEST(FusedOpsModel, EveryFusedOpMatchesTheCompositeModel) {
   model::CausalLM lm = model::load_pretrained(golden_dir() / "models" / "llama_gqa", at::kFloat, at::kCPU);
-  ASSERT_EQ(kernels::to_string(lm->fused_ops()), "[rmsnorm, rope, swiglu, linear_ce, dropout, projections]");  // CausalLM default: FusedOps::all()
+  ASSERT_EQ(kernels::to_string(lm->fused_ops()), "[rmsnorm, rope, swiglu, linear_ce, dropout, projections, lora]");  // CausalLM default: FusedOps::all()
   for (auto& p : lm->parameters()) p.set_requires_grad(true);
   const int64_t n = 19;
   at::Tensor ids = torch::randint(lm->config().vocab_size, {n}, at::kLong);
@@ -349,7 +349,7 @@ TEST(FusedOpsModel, EveryFusedOpMatchesTheCompositeModel) {
 }
 
 TEST(FusedOpsConfig, ParsesAutoNoneAndListsAndNamesBadEntries) {
-  EXPECT_EQ(kernels::to_string(kernels::parse_fused_ops({"auto"})), "[rmsnorm, rope, dropout]");  // measured faster on CPU
+  EXPECT_EQ(kernels::to_string(kernels::parse_fused_ops({"auto"})), "[rmsnorm, rope, dropout, lora]");  // measured faster on CPU
   EXPECT_EQ(kernels::to_string(kernels::parse_fused_ops({"auto"}, at::kCUDA)), "none");   // not yet run on a GPU
   EXPECT_EQ(kernels::to_string(kernels::parse_fused_ops({"none"})), "none");
   EXPECT_EQ(kernels::to_string(kernels::parse_fused_ops({"swiglu", "rmsnorm"})), "[rmsnorm, swiglu]");
