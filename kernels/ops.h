@@ -102,8 +102,10 @@ OpTable op_table(const FusedOps& ops);
 // autograd node (kernels/lora_group.cpp): d x accumulates inside the GEMMs, B's product is added in place.
 //   x: [..., in]; weights[i]: [out_i, in] (frozen); biases: empty or one frozen [out_i] per weight;
 //   lora_A[i]: [r_i, in]; lora_B[i]: [out_i, r_i]; scales[i]: s_i. Returns y_i: [..., out_i].
-// lora_group_supported: every operand defined, one dtype and device (x's), shapes consistent, base weights
-// and biases without requires_grad, autocast off on x's device. lora_group_linear throws otherwise.
+// lora_group_supported: every operand defined on x's device, shapes consistent, base weights and biases
+// without requires_grad, and one dtype for all (without autocast) or floating dtypes below fp64 (under
+// autocast on x's device: the node then computes in autocast's dtype, as the composite's casts would, and
+// returns gradients in the operands' dtypes). lora_group_linear throws otherwise.
 bool lora_group_supported(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::TensorList lora_A,
                           at::TensorList lora_B);
 std::vector<at::Tensor> lora_group_linear(const at::Tensor& x, at::TensorList weights, at::TensorList biases,

@@ -2,7 +2,8 @@
 // adapters as one autograd node (kernels/lora_group.cpp). The node against its composite twin in fp64 over
 // odd sizes (outputs, d x, d A, d B; with and without biases; groups of three and of one), against finite
 // differences, no gradient for the frozen base, the cases it refuses; the model with the switch on against
-// the same model with it off (GQA with Qwen2 biases, LoRA r=3 on every projection): loss and every
+// the same model with it off (GQA with Qwen2 biases, LoRA r=3 on every projection; bf16 autocast against the
+// composite at bf16's bound): loss and every
 // gradient within fp32 1e-6 relative, one node per group in the graph, and dropout falling back.
 #include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
@@ -155,6 +156,32 @@ TEST(LoraGroup, IsOneNodeAndTheFrozenBaseGetsNoGradient) {
   EXPECT_TRUE(x.grad().defined());
 }
 
+TEST(LoraGroup, UnderBf16AutocastMatchesTheCompositeAndReturnsFp32AdapterGradients) {
+  // A bf16 base and fp32 adapters under CPU bf16 autocast, as train.mixed_precision: bf16 runs LoRA. Both
+  // paths compute in bf16; they differ in where bf16 rounding happens (the composite rounds each of the
+  // engine's additions of d x, the node accumulates d x in its GEMMs), so the bound is bf16's: 2e-2.
+  GroupOperands g = make_operands(at::kFloat, true);
+  for (at::Tensor& w : g.weights) w = w.to(at::kBFloat16);
+  for (at::Tensor& b : g.biases) b = b.to(at::kBFloat16);
+  std::vector<at::Tensor> fused, plain;
+  {
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    ASSERT_TRUE(kernels::lora_group_supported(g.x, g.weights, g.biases, g.lora_A, g.lora_B));
+    fused = run_path(g, true);
+    plain = run_path(g, false);
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+  }
+  ASSERT_EQ(fused.size(), plain.size());
+  for (size_t i = 0; i < fused.size(); ++i) {
+    EXPECT_EQ(fused[i].scalar_type(), plain[i].scalar_type()) << i;  // outputs bf16; x, A, B grads fp32
+    EXPECT_LT(relative_error(fused[i], plain[i]), 2e-2) << i;
+  }
+  EXPECT_EQ(fused[0].scalar_type(), at::kBFloat16);
+  EXPECT_EQ(fused.back().scalar_type(), at::kFloat);  // dB of the last projection
+}
+
 TEST(LoraGroup, RefusesWhatItCannotDoAndSaysSo) {
   GroupOperands g = make_operands(at::kFloat, false);
   EXPECT_TRUE(kernels::lora_group_supported(g.x, g.weights, g.biases, g.lora_A, g.lora_B));
@@ -162,16 +189,18 @@ TEST(LoraGroup, RefusesWhatItCannotDoAndSaysSo) {
   trainable[1] = trainable[1].clone().requires_grad_(true);  // a trained base needs dW: not this node's job
   EXPECT_FALSE(kernels::lora_group_supported(g.x, trainable, g.biases, g.lora_A, g.lora_B));
   std::vector<at::Tensor> half = g.lora_A;
-  half[0] = half[0].to(at::kBFloat16);  // mixed dtypes: the composite path's casts decide
+  half[0] = half[0].to(at::kBFloat16);  // mixed dtypes without autocast: the composite would refuse them too
   EXPECT_FALSE(kernels::lora_group_supported(g.x, g.weights, g.biases, half, g.lora_B));
+  std::vector<at::Tensor> doubled = g.lora_A;
+  doubled[1] = doubled[1].to(at::kDouble);
+  {
+    at::autocast::set_autocast_enabled(at::kCPU, true);  // autocast does not cast fp64: refused
+    EXPECT_FALSE(kernels::lora_group_supported(g.x, g.weights, g.biases, doubled, g.lora_B));
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+  }
   std::vector<at::Tensor> wrong = g.lora_B;
   wrong[2] = torch::randn({10, 4});  // rank 4 against A's 3
   EXPECT_FALSE(kernels::lora_group_supported(g.x, g.weights, g.biases, g.lora_A, wrong));
-  {
-    at::autocast::set_autocast_enabled(at::kCPU, true);
-    EXPECT_FALSE(kernels::lora_group_supported(g.x, g.weights, g.biases, g.lora_A, g.lora_B));
-    at::autocast::set_autocast_enabled(at::kCPU, false);
-  }
   try {
     kernels::lora_group_linear(g.x, g.weights, g.biases, g.lora_A, wrong, g.scales);
     FAIL() << "no error";
