@@ -18,6 +18,7 @@
 #include "model/lora.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "tests/model_test_util.h"
 #include "tests/test_util.h"
 #include "trainer/export.h"
 
@@ -166,21 +167,6 @@ TEST(FusedProjections, MakeRowsAdjacentKeepsValuesIdentityAndRequiresGrad) {
 }
 
 // ---- the model, switch on against switch off ----
-model::ModelConfig odd_config(bool bias) {
-  model::ModelConfig config;
-  config.model_type = bias ? "qwen2" : "llama";
-  config.vocab_size = 61;
-  config.hidden_size = 37;
-  config.intermediate_size = 53;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 3;
-  config.num_key_value_heads = 1;  // GQA: Hq != Hkv
-  config.head_dim = 10;
-  config.attention_bias = bias;
-  config.max_position_embeddings = 64;
-  return config;
-}
-
 // Two models with the same weights: `fused` with the projections fused, `plain` without.
 struct ModelPair {
   model::CausalLM fused{nullptr}, plain{nullptr};
@@ -198,26 +184,9 @@ ModelPair make_pair(const model::ModelConfig& config) {
   return pair;
 }
 
-struct Batch {
-  at::Tensor ids, positions, rows, targets;
-  kernels::PackedSequences seqs;
-};
-Batch make_batch(int64_t vocab) {
-  torch::manual_seed(9);
-  Batch b;
-  b.ids = torch::randint(vocab, {19}, at::kLong);
-  b.positions = at::cat({at::arange(11, at::kLong), at::arange(8, at::kLong)});
-  at::Tensor cu = at::tensor({0, 11, 19}, at::kInt);
-  b.seqs = {cu, cu, 11};
-  b.rows = at::tensor({0, 3, 9, 12, 17}, at::kLong);
-  b.targets = b.ids.index_select(0, b.rows + 1);
-  return b;
-}
-
-at::Tensor loss_of(model::CausalLM& lm, const Batch& b) {
-  at::Tensor hidden = lm->forward(b.ids, b.positions, b.seqs, {kernels::AttentionImpl::Eager, false});
-  return lm->target_loss_sum(hidden.index_select(0, b.rows), b.targets);
-}
+using Batch = test_support::PackedBatch;
+Batch make_batch(int64_t vocab) { return test_support::odd_packed_batch(vocab); }
+at::Tensor loss_of(model::CausalLM& lm, const Batch& b) { return test_support::target_loss_of(lm, b); }
 
 // One forward + backward of both; compares the loss and the gradient of every trainable parameter, and
 // checks that the parameters without requires_grad got none.
@@ -260,7 +229,7 @@ void expect_grouped_layout(model::CausalLM& lm, bool with_lora_A) {
 
 TEST(FusedProjectionsModel, FullFineTuningMatchesOverAdamWSteps) {
   for (bool bias : {false, true}) {
-    ModelPair pair = make_pair(odd_config(bias));
+    ModelPair pair = make_pair(test_support::odd_gqa_config(bias));
     const Batch b = make_batch(61);
     torch::optim::AdamW fused_opt(pair.fused->parameters(), torch::optim::AdamWOptions(1e-3));
     torch::optim::AdamW plain_opt(pair.plain->parameters(), torch::optim::AdamWOptions(1e-3));
@@ -274,7 +243,7 @@ TEST(FusedProjectionsModel, FullFineTuningMatchesOverAdamWSteps) {
 }
 
 TEST(FusedProjectionsModel, RelayoutAfterATransformThatReplacesTheData) {
-  ModelPair pair = make_pair(odd_config(true));
+  ModelPair pair = make_pair(test_support::odd_gqa_config(true));
   const Batch b = make_batch(61);
   expect_same_step(pair, b, "before");
   // set_data, as .to() and the fp32 upcast of trainable weights do, separates the blocks again.
@@ -314,7 +283,7 @@ void apply_lora_to_both(ModelPair& pair, const model::LoraSpec& spec) {
 
 TEST(FusedProjectionsModel, LoraMatchesWithGroupedAAndNoBaseGradient) {
   for (bool bias : {false, true}) {
-    ModelPair pair = make_pair(odd_config(bias));
+    ModelPair pair = make_pair(test_support::odd_gqa_config(bias));
     apply_lora_to_both(pair, lora_spec(0.0));
     const Batch b = make_batch(61);
     expect_same_step(pair, b, "lora dropout 0, bias " + std::to_string(bias));
@@ -325,7 +294,7 @@ TEST(FusedProjectionsModel, LoraMatchesWithGroupedAAndNoBaseGradient) {
 TEST(FusedProjectionsModel, LoraWithDropoutDrawsTheSameMasksAndDoraMatches) {
   // Dropout: the A matrices stay separate (one mask per module, as PEFT); the masks are drawn in the
   // same order as without the switch, so the same seed gives the same step.
-  ModelPair pair = make_pair(odd_config(true));
+  ModelPair pair = make_pair(test_support::odd_gqa_config(true));
   apply_lora_to_both(pair, lora_spec(0.2));
   const Batch b = make_batch(61);
   pair.fused->train();
@@ -348,13 +317,13 @@ TEST(FusedProjectionsModel, LoraWithDropoutDrawsTheSameMasksAndDoraMatches) {
     EXPECT_LE(relative_error(item.value().grad(), plain_params[item.key()].grad()), kGradTol) << item.key();
   }
   // DoRA (no dropout): the base GEMM is shared, A is not.
-  ModelPair dora = make_pair(odd_config(false));
+  ModelPair dora = make_pair(test_support::odd_gqa_config(false));
   apply_lora_to_both(dora, lora_spec(0.0, /*dora=*/true));
   expect_same_step(dora, b, "dora");
 }
 
 TEST(FusedProjectionsModel, FreezeWithOneTrainableProjectionGivesOnlyItAGradient) {
-  ModelPair pair = make_pair(odd_config(true));
+  ModelPair pair = make_pair(test_support::odd_gqa_config(true));
   model::FreezeSpec spec;
   spec.layer_count = 1;
   spec.trainable_modules = {"k_proj", "up_proj"};
@@ -365,7 +334,7 @@ TEST(FusedProjectionsModel, FreezeWithOneTrainableProjectionGivesOnlyItAGradient
 }
 
 TEST(FusedProjectionsModel, NamesShapesSavedModelAndAdapterEqualTheUnfusedOnes) {
-  ModelPair pair = make_pair(odd_config(true));
+  ModelPair pair = make_pair(test_support::odd_gqa_config(true));
   const model::LoraSpec spec = lora_spec(0.0);
   apply_lora_to_both(pair, spec);
   const Batch b = make_batch(61);

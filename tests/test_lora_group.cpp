@@ -17,6 +17,7 @@
 
 #include "kernels/fused_ops.h"
 #include "model/lora.h"
+#include "tests/model_test_util.h"
 #include "tests/test_util.h"
 
 namespace sft {
@@ -210,21 +211,6 @@ TEST(LoraGroup, RefusesWhatItCannotDoAndSaysSo) {
 }
 
 // ---- the model, switch on against switch off ----
-model::ModelConfig odd_config() {
-  model::ModelConfig config;
-  config.model_type = "qwen2";  // q/k/v biases
-  config.vocab_size = 61;
-  config.hidden_size = 37;
-  config.intermediate_size = 53;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 3;
-  config.num_key_value_heads = 1;
-  config.head_dim = 10;
-  config.attention_bias = true;
-  config.max_position_embeddings = 64;
-  return config;
-}
-
 kernels::FusedOps lora_only(bool on) {
   kernels::FusedOps ops;
   ops.lora = on;
@@ -234,7 +220,7 @@ kernels::FusedOps lora_only(bool on) {
 // A LoRA model (r=3, every projection, B != 0) with the given switch; the same weights for either switch.
 model::CausalLM make_lora_model(bool fused, double dropout) {
   torch::manual_seed(5);
-  model::CausalLM lm(odd_config(), at::TensorOptions().dtype(at::kFloat), lora_only(fused));
+  model::CausalLM lm(test_support::odd_gqa_config(/*bias=*/true), at::TensorOptions().dtype(at::kFloat), lora_only(fused));
   {
     at::NoGradGuard no_grad;
     for (auto& p : lm->parameters()) p.normal_(0.0, 0.3);
@@ -251,17 +237,11 @@ model::CausalLM make_lora_model(bool fused, double dropout) {
   return lm;
 }
 
-// Loss of a packed batch of two documents (19 tokens) at five target rows, with the graph's node names.
+// Loss of the shared packed batch (two documents, five target rows), with the graph's node names.
 at::Tensor loss_of(model::CausalLM& lm, std::multiset<std::string>* node_names = nullptr) {
-  torch::manual_seed(9);
-  const at::Tensor ids = torch::randint(61, {19}, at::kLong);
-  const at::Tensor positions = at::cat({at::arange(11, at::kLong), at::arange(8, at::kLong)});
-  const at::Tensor cu = at::tensor({0, 11, 19}, at::kInt);
-  const kernels::PackedSequences seqs{cu, cu, 11};
-  const at::Tensor rows = at::tensor({0, 3, 9, 12, 17}, at::kLong);
+  const test_support::PackedBatch batch = test_support::odd_packed_batch(61);
   torch::manual_seed(31);  // the dropout masks
-  at::Tensor hidden = lm->forward(ids, positions, seqs, {kernels::AttentionImpl::Eager, false});
-  at::Tensor loss = lm->target_loss_sum(hidden.index_select(0, rows), ids.index_select(0, rows + 1));
+  at::Tensor loss = test_support::target_loss_of(lm, batch);
   if (node_names) {
     std::set<const torch::autograd::Node*> seen;
     std::function<void(const std::shared_ptr<torch::autograd::Node>&)> walk = [&](const auto& fn) {
